@@ -1,0 +1,43 @@
+# Sagaflow's developer commands. The README's two commands are `make dev`
+# and `make test`.
+
+GO        ?= go
+KAFKA     := scripts/kafka/kafka
+KAFKA_DIR ?= .kafka-work
+TEST_TIMEOUT ?= 75m
+
+.PHONY: build dev test test-short lint kafka-start kafka-stop clean
+
+build:
+	$(GO) build -o bin/sagaflow ./cmd/sagaflow
+
+# Everything in one process: private PostgreSQL under ./.sagaflow, embedded
+# Kafka, all services, the API on 127.0.0.1:8080. Ctrl-C stops it.
+dev: build
+	bin/sagaflow dev
+
+# The whole suite: a real Apache Kafka broker (fetched by Maven, run with the
+# machine's Java) and `go test -race ./...` against it. The broker is stopped
+# whatever the tests' outcome, and the tests' status is the exit status.
+test:
+	$(GO) vet ./...
+	@set -e; \
+	out=$$($(KAFKA) start --fresh --dir $(KAFKA_DIR)) || { echo "$$out"; exit 1; }; \
+	brokers=$$(echo "$$out" | tail -n 1 | sed 's/^KAFKA_BROKERS=//'); \
+	echo "real Kafka broker at $$brokers"; \
+	status=0; \
+	KAFKA_BROKERS=$$brokers SAGAFLOW_KAFKA_SCRIPT=$(CURDIR)/$(KAFKA) $(GO) test -race -timeout $(TEST_TIMEOUT) ./... || status=$$?; \
+	$(KAFKA) stop --dir $(KAFKA_DIR) || true; \
+	exit $$status
+
+# The fast suite alone: embedded kfake and a throwaway PostgreSQL.
+test-short:
+	$(GO) test ./...
+
+lint:
+	$(GO) vet ./...
+	test -z "$$(gofmt -l .)"
+	$(GO) run honnef.co/go/tools/cmd/staticcheck@v0.8.2 ./...
+
+clean:
+	rm -rf bin .sagaflow $(KAFKA_DIR)

@@ -1,0 +1,218 @@
+// Package kafkax is Sagaflow's Kafka wiring in one place: the sarama settings
+// every producer and consumer uses, watermill-kafka publishers and subscribers
+// built from them, explicit topic creation, and the embedded kfake cluster of
+// `sagaflow dev` and the fast tests.
+//
+// The settings follow what DESIGN.md measured: sarama's protocol version is
+// 2.8 (Kafka 4 refuses anything older than 2.1, and watermill-kafka's default
+// says 1.0), producers are idempotent with acks=all and one request in flight,
+// and consumer groups that have no committed offset start at the oldest one.
+package kafkax
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"strings"
+	"time"
+
+	"github.com/IBM/sarama"
+	"github.com/ThreeDotsLabs/watermill"
+	"github.com/ThreeDotsLabs/watermill-kafka/v3/pkg/kafka"
+	"github.com/ThreeDotsLabs/watermill/message"
+)
+
+// Version is the Kafka protocol version sarama speaks.
+var Version = sarama.V2_8_0_0
+
+// KeyMetadata is the watermill metadata entry whose value becomes the Kafka
+// message key (and so picks the partition). Sagaflow keys by saga id.
+const KeyMetadata = "kafka_key"
+
+// Config says where Kafka is and how topics are created.
+type Config struct {
+	// Brokers is the bootstrap list, host:port.
+	Brokers []string
+	// Partitions of each topic created at start-up.
+	Partitions int32
+	// ReplicationFactor of each topic created at start-up.
+	ReplicationFactor int16
+	// ClientID names the process to the brokers.
+	ClientID string
+}
+
+// DefaultPartitions suits a 2-core machine: enough partitions for a few
+// consumer instances, few enough that idle partitions cost nothing.
+const DefaultPartitions = 8
+
+// ParseBrokers splits a comma separated bootstrap list.
+func ParseBrokers(s string) []string {
+	var out []string
+	for _, b := range strings.Split(s, ",") {
+		if b = strings.TrimSpace(b); b != "" {
+			out = append(out, b)
+		}
+	}
+	return out
+}
+
+func (c Config) clientID() string {
+	if c.ClientID == "" {
+		return "sagaflow"
+	}
+	return c.ClientID
+}
+
+func (c Config) base() *sarama.Config {
+	sc := sarama.NewConfig()
+	sc.Version = Version
+	sc.ClientID = c.clientID()
+	sc.Net.DialTimeout = 5 * time.Second
+	sc.Metadata.Retry.Max = 5
+	sc.Metadata.Retry.Backoff = 250 * time.Millisecond
+	return sc
+}
+
+// ProducerConfig is the sarama configuration of every producer: idempotent,
+// acks from all in-sync replicas, one request in flight so a retry cannot
+// reorder a partition.
+func (c Config) ProducerConfig() *sarama.Config {
+	sc := c.base()
+	sc.Producer.RequiredAcks = sarama.WaitForAll
+	sc.Producer.Idempotent = true
+	sc.Net.MaxOpenRequests = 1
+	sc.Producer.Return.Successes = true
+	sc.Producer.Return.Errors = true
+	sc.Producer.Retry.Max = 10
+	sc.Producer.Retry.Backoff = 200 * time.Millisecond
+	sc.Producer.Partitioner = sarama.NewHashPartitioner
+	return sc
+}
+
+// ConsumerConfig is the sarama configuration of every consumer group member:
+// a new group starts at the oldest offset, so nothing written before the
+// group first joined is skipped.
+func (c Config) ConsumerConfig() *sarama.Config {
+	sc := c.base()
+	sc.Consumer.Return.Errors = true
+	sc.Consumer.Offsets.Initial = sarama.OffsetOldest
+	sc.Consumer.Offsets.AutoCommit.Interval = 500 * time.Millisecond
+	sc.Consumer.Group.Rebalance.GroupStrategies = []sarama.BalanceStrategy{sarama.NewBalanceStrategyRoundRobin()}
+	return sc
+}
+
+// Marshaler keys each Kafka message by the message's KeyMetadata entry and
+// carries the watermill message UUID in a header, so consumers deduplicate
+// by it.
+var Marshaler = kafka.NewWithPartitioningMarshaler(func(_ string, msg *message.Message) (string, error) {
+	return msg.Metadata.Get(KeyMetadata), nil
+})
+
+// NewPublisher returns a watermill publisher with the producer settings.
+func (c Config) NewPublisher(logger watermill.LoggerAdapter) (*kafka.Publisher, error) {
+	p, err := kafka.NewPublisher(kafka.PublisherConfig{
+		Brokers:               c.Brokers,
+		Marshaler:             Marshaler,
+		OverwriteSaramaConfig: c.ProducerConfig(),
+	}, logger)
+	if err != nil {
+		return nil, fmt.Errorf("create Kafka publisher for %s: %w", strings.Join(c.Brokers, ","), err)
+	}
+	return p, nil
+}
+
+// NewSubscriber returns a watermill subscriber in consumer group group.
+func (c Config) NewSubscriber(group string, logger watermill.LoggerAdapter) (*kafka.Subscriber, error) {
+	s, err := kafka.NewSubscriber(kafka.SubscriberConfig{
+		Brokers:               c.Brokers,
+		Unmarshaler:           Marshaler,
+		OverwriteSaramaConfig: c.ConsumerConfig(),
+		ConsumerGroup:         group,
+		ReconnectRetrySleep:   500 * time.Millisecond,
+	}, logger)
+	if err != nil {
+		return nil, fmt.Errorf("create Kafka subscriber for group %s: %w", group, err)
+	}
+	return s, nil
+}
+
+// NewSyncProducer returns a sarama producer with the producer settings, for
+// the outbox relay that sends batches.
+func (c Config) NewSyncProducer() (sarama.SyncProducer, error) {
+	p, err := sarama.NewSyncProducer(c.Brokers, c.ProducerConfig())
+	if err != nil {
+		return nil, fmt.Errorf("create Kafka producer for %s: %w", strings.Join(c.Brokers, ","), err)
+	}
+	return p, nil
+}
+
+// EnsureTopics creates the topics that do not exist yet with the configured
+// partition count and replication factor. A broker's auto-created topic has
+// one partition, which would serialise all consumers of it.
+func (c Config) EnsureTopics(ctx context.Context, topics ...string) error {
+	if err := c.Ping(ctx); err != nil {
+		return err
+	}
+	admin, err := sarama.NewClusterAdmin(c.Brokers, c.base())
+	if err != nil {
+		return fmt.Errorf("connect to Kafka at %s to create topics: %w", strings.Join(c.Brokers, ","), err)
+	}
+	defer admin.Close()
+	parts, rf := c.Partitions, c.ReplicationFactor
+	if parts <= 0 {
+		parts = DefaultPartitions
+	}
+	if rf <= 0 {
+		rf = 1
+	}
+	detail := &sarama.TopicDetail{NumPartitions: parts, ReplicationFactor: rf}
+	if rf >= 3 {
+		minISR := "2"
+		detail.ConfigEntries = map[string]*string{"min.insync.replicas": &minISR}
+	}
+	for _, t := range topics {
+		err := admin.CreateTopic(t, detail, false)
+		var terr *sarama.TopicError
+		if errors.As(err, &terr) && terr.Err == sarama.ErrTopicAlreadyExists {
+			continue
+		}
+		if err != nil {
+			return fmt.Errorf("create Kafka topic %s: %w", t, err)
+		}
+	}
+	return nil
+}
+
+// Ping checks that at least one bootstrap broker accepts TCP connections, so
+// a wrong KAFKA_BROKERS fails fast with one clear line instead of sarama's
+// retries.
+func (c Config) Ping(ctx context.Context) error {
+	if len(c.Brokers) == 0 {
+		return errors.New("no Kafka brokers configured: set KAFKA_BROKERS (host:port,...) or use --kafka-brokers")
+	}
+	var d net.Dialer
+	var last error
+	for _, b := range c.Brokers {
+		dctx, cancel := context.WithTimeout(ctx, 3*time.Second)
+		conn, err := d.DialContext(dctx, "tcp", b)
+		cancel()
+		if err == nil {
+			return conn.Close()
+		}
+		last = err
+	}
+	return fmt.Errorf("kafka unreachable at %s (is the broker running? `scripts/kafka/kafka start` starts one): %w", strings.Join(c.Brokers, ","), last)
+}
+
+// The order saga's topics.
+const (
+	TopicInventoryCommands = "inventory.commands"
+	TopicPaymentCommands   = "payment.commands"
+	TopicShippingCommands  = "shipping.commands"
+	TopicSagaReplies       = "saga.replies"
+	TopicOrderEvents       = "order.events"
+)
+
+// Topics lists every topic Sagaflow creates at start-up.
+var Topics = []string{TopicInventoryCommands, TopicPaymentCommands, TopicShippingCommands, TopicSagaReplies, TopicOrderEvents}

@@ -1,0 +1,251 @@
+package outbox
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"strings"
+	"sync/atomic"
+	"time"
+
+	"github.com/ThreeDotsLabs/watermill/message"
+	"github.com/ThreeDotsLabs/watermill/message/router/middleware"
+	"github.com/google/uuid"
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/jackc/pgx/v5/pgxpool"
+)
+
+// Handler applies one message's effect inside tx and writes the messages it
+// causes through an Outbox on the same tx. It must not commit or roll back.
+type Handler func(ctx context.Context, tx pgx.Tx, msg *message.Message) error
+
+// Inbox deduplicates the messages of one consumer.
+type Inbox struct {
+	pool     *pgxpool.Pool
+	q        queries
+	consumer string
+
+	handled    atomic.Int64
+	duplicates atomic.Int64
+}
+
+// NewInbox returns the inbox of consumer (a consumer group name) in the
+// given schema's inbox table.
+func NewInbox(pool *pgxpool.Pool, schema, consumer string) *Inbox {
+	return &Inbox{pool: pool, q: newQueries(schema), consumer: consumer}
+}
+
+// Consumer is the consumer name recorded with each message.
+func (in *Inbox) Consumer() string { return in.consumer }
+
+// Handled and Duplicates count, since the process started, messages applied
+// and redeliveries skipped.
+func (in *Inbox) Handled() int64    { return in.handled.Load() }
+func (in *Inbox) Duplicates() int64 { return in.duplicates.Load() }
+
+// Wrap returns a watermill handler that runs h exactly once per message id:
+// it opens a transaction, claims (consumer, message id) in the inbox, runs h,
+// and commits; the caller acks after it returns nil. A message already
+// claimed by a committed transaction is skipped (and acked); one claimed by
+// a transaction still in flight waits for it.
+func (in *Inbox) Wrap(h Handler) message.NoPublishHandlerFunc {
+	return func(msg *message.Message) error {
+		id, err := uuid.Parse(msg.UUID)
+		if err != nil {
+			return Permanent(fmt.Errorf("message id %q is not a UUID: %w", msg.UUID, err))
+		}
+		ctx := msg.Context()
+		dup, err := in.Handle(ctx, id, func(ctx context.Context, tx pgx.Tx) error { return h(ctx, tx, msg) })
+		if err != nil {
+			return err
+		}
+		if dup {
+			in.duplicates.Add(1)
+		} else {
+			in.handled.Add(1)
+		}
+		return nil
+	}
+}
+
+// Handle runs fn in a transaction that first claims message id for this
+// consumer; duplicate reports that the message was already applied (fn was
+// not run).
+func (in *Inbox) Handle(ctx context.Context, id uuid.UUID, fn func(ctx context.Context, tx pgx.Tx) error) (duplicate bool, err error) {
+	tx, err := in.pool.Begin(ctx)
+	if err != nil {
+		return false, fmt.Errorf("begin inbox transaction for message %s: %w", id, err)
+	}
+	defer tx.Rollback(context.WithoutCancel(ctx)) //nolint:errcheck // a no-op after Commit
+	var dups int
+	if err := tx.QueryRow(ctx, in.q.inboxClaim, in.consumer, id).Scan(&dups); err != nil {
+		return false, fmt.Errorf("claim message %s in %s inbox: %w", id, in.q.schema, err)
+	}
+	if dups == 0 {
+		if err := fn(ctx, tx); err != nil {
+			return false, err
+		}
+	}
+	if err := tx.Commit(ctx); err != nil {
+		return false, fmt.Errorf("commit message %s of %s: %w", id, in.consumer, err)
+	}
+	return dups > 0, nil
+}
+
+// Duplicates sums, over every consumer of the schema's inbox, the
+// redeliveries absorbed: the count survives process restarts.
+func DuplicatesAbsorbed(ctx context.Context, pool *pgxpool.Pool, schema string) (int64, error) {
+	var n int64
+	if err := pool.QueryRow(ctx, newQueries(schema).duplicates).Scan(&n); err != nil {
+		return 0, fmt.Errorf("count duplicates in %s inbox: %w", schema, err)
+	}
+	return n, nil
+}
+
+// permanentError marks an error that retrying cannot fix.
+type permanentError struct{ err error }
+
+func (e permanentError) Error() string { return e.err.Error() }
+func (e permanentError) Unwrap() error { return e.err }
+
+// Permanent marks err as one that no retry can fix (an undecodable payload,
+// an unknown message type, a future schema version): the message goes to the
+// dead-letter topic at once.
+func Permanent(err error) error { return permanentError{err} }
+
+// IsPermanent reports whether err was marked Permanent.
+func IsPermanent(err error) bool {
+	var p permanentError
+	return errors.As(err, &p)
+}
+
+// IsTransient reports whether err comes from the infrastructure being
+// unreachable (database down or restarting, connection lost, context
+// cancelled) rather than from the message: such a message is retried until
+// the infrastructure is back, never dead-lettered.
+func IsTransient(err error) bool {
+	if err == nil || IsPermanent(err) {
+		return false
+	}
+	if errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded) {
+		return true
+	}
+	var ne net.Error
+	if errors.As(err, &ne) {
+		return true
+	}
+	var ce *pgconn.ConnectError
+	if errors.As(err, &ce) {
+		return true
+	}
+	if pgconn.SafeToRetry(err) || pgconn.Timeout(err) {
+		return true
+	}
+	var pe *pgconn.PgError
+	if errors.As(err, &pe) {
+		switch pe.Code[:2] {
+		case "08", "53", "57": // connection exception, insufficient resources, operator intervention
+			return true
+		case "40": // serialization failure, deadlock: retrying helps
+			return true
+		}
+		return false
+	}
+	// Errors from a connection that broke mid-query.
+	return errors.Is(err, pgx.ErrTxClosed) || errors.Is(err, net.ErrClosed) || isConnClosed(err)
+}
+
+func isConnClosed(err error) bool {
+	var pgErr *pgconn.PgError
+	if errors.As(err, &pgErr) {
+		return false
+	}
+	msg := err.Error()
+	for _, s := range []string{"conn closed", "connection reset", "broken pipe", "unexpected EOF", "failed to deallocate", "conn busy"} {
+		if strings.Contains(msg, s) {
+			return true
+		}
+	}
+	return false
+}
+
+// ConsumerConfig describes one consumer: a handler behind an inbox,
+// subscribed in a consumer group, with bounded retries and a dead-letter
+// topic.
+type ConsumerConfig struct {
+	// Name is the consumer group and the inbox consumer name.
+	Name string
+	// Topic to consume.
+	Topic string
+	// Subscriber is subscribed in group Name.
+	Subscriber message.Subscriber
+	// Inbox deduplicates and owns the transaction.
+	Inbox *Inbox
+	// Handler applies each message.
+	Handler Handler
+	// DeadLetter publishes messages that failed for good to DeadLetterTopic
+	// (default Name + ".dlq").
+	DeadLetter      message.Publisher
+	DeadLetterTopic string
+	// MaxRetries of a failing message before it is dead-lettered (default 5),
+	// with exponential backoff from RetryInterval (default 50 ms) up to
+	// MaxRetryInterval (default 2 s).
+	MaxRetries       int
+	RetryInterval    time.Duration
+	MaxRetryInterval time.Duration
+	Logger           *slog.Logger
+}
+
+// DeadLetterTopicOf is the dead-letter topic of a consumer group.
+func DeadLetterTopicOf(group string) string { return group + ".dlq" }
+
+// AddConsumer registers c on router. The middleware order is: dead-letter
+// (outermost), then bounded retries, then panic recovery, then the inbox.
+// A permanent error skips the retries. A transient error (database down) is
+// retried and then nacked, so Kafka redelivers it; it is never dead-lettered,
+// because the message is fine and the dead-letter topics must only hold bad
+// messages.
+func AddConsumer(router *message.Router, c ConsumerConfig) error {
+	if c.DeadLetterTopic == "" {
+		c.DeadLetterTopic = DeadLetterTopicOf(c.Name)
+	}
+	if c.MaxRetries == 0 {
+		c.MaxRetries = 5
+	}
+	if c.RetryInterval == 0 {
+		c.RetryInterval = 50 * time.Millisecond
+	}
+	if c.MaxRetryInterval == 0 {
+		c.MaxRetryInterval = 2 * time.Second
+	}
+	if c.Logger == nil {
+		c.Logger = slog.Default()
+	}
+	log := c.Logger.With("consumer", c.Name)
+	poison, err := middleware.PoisonQueueWithFilter(c.DeadLetter, c.DeadLetterTopic, func(err error) bool {
+		if IsTransient(err) {
+			return false
+		}
+		log.Error("message dead-lettered", "topic", c.DeadLetterTopic, "err", err)
+		return true
+	})
+	if err != nil {
+		return fmt.Errorf("dead-letter middleware for %s: %w", c.Name, err)
+	}
+	retry := middleware.Retry{
+		MaxRetries:          c.MaxRetries,
+		InitialInterval:     c.RetryInterval,
+		MaxInterval:         c.MaxRetryInterval,
+		Multiplier:          2,
+		RandomizationFactor: 0.2,
+		ShouldRetry: func(p middleware.RetryParams) bool {
+			return !IsPermanent(p.Err)
+		},
+	}
+	h := router.AddConsumerHandler(c.Name, c.Topic, c.Subscriber, c.Inbox.Wrap(c.Handler))
+	h.AddMiddleware(poison, retry.Middleware, middleware.Recoverer)
+	return nil
+}

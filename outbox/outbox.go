@@ -1,0 +1,124 @@
+// Package outbox gives Sagaflow exactly-once effects over at-least-once
+// Kafka delivery.
+//
+// A service writes the messages its business change causes into its own
+// outbox table inside the same PostgreSQL transaction (Outbox.Write), so a
+// message exists exactly when the change commits. The Relay publishes
+// committed rows to Kafka in order per key and deletes them; a crash between
+// the two publishes them again, which is harmless because every consumer runs
+// behind an Inbox: the inbox row that records (consumer, message id) commits
+// in the same transaction as the handler's effect, so a redelivered message
+// is acknowledged and skipped. Retention purges old inbox rows in small
+// batches.
+package outbox
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"strconv"
+
+	"github.com/google/uuid"
+	"github.com/jackc/pgx/v5"
+)
+
+// Header names carried by every message (as Kafka headers, and as watermill
+// metadata on the consumer side).
+const (
+	HeaderType          = "type"
+	HeaderSchemaVersion = "schema_version"
+	HeaderCorrelationID = "correlation_id"
+	HeaderCausationID   = "causation_id"
+)
+
+// Message is one message to publish.
+type Message struct {
+	// ID identifies the message end to end: it becomes the watermill message
+	// UUID, by which consumers deduplicate. Zero means a new UUIDv7.
+	ID uuid.UUID
+	// Topic and Key say where it goes; messages of one key are published in
+	// the order they were written.
+	Topic string
+	Key   string
+	// Payload is the body (JSON in Sagaflow).
+	Payload []byte
+	// Type names the payload's schema (for example "inventory.reserve") and
+	// SchemaVersion its version.
+	Type          string
+	SchemaVersion int
+	// CorrelationID ties the messages of one business flow (the saga id);
+	// CausationID is the id of the message that caused this one.
+	CorrelationID string
+	CausationID   string
+	// Headers are extra headers.
+	Headers map[string]string
+}
+
+// Outbox is the outbox table of one service schema.
+type Outbox struct {
+	q queries
+}
+
+// New returns the outbox of the given schema (for example "inventory").
+func New(schema string) *Outbox {
+	return &Outbox{q: newQueries(schema)}
+}
+
+// Schema is the schema whose outbox this is.
+func (o *Outbox) Schema() string { return o.q.schema }
+
+// Write stores messages in the outbox inside tx. They are published after tx
+// commits, and never if it rolls back. It fills in zero IDs.
+func (o *Outbox) Write(ctx context.Context, tx pgx.Tx, msgs ...Message) error {
+	if len(msgs) == 0 {
+		return nil
+	}
+	ids := make([]uuid.UUID, len(msgs))
+	topics := make([]string, len(msgs))
+	keys := make([]string, len(msgs))
+	payloads := make([][]byte, len(msgs))
+	headers := make([][]byte, len(msgs))
+	for i := range msgs {
+		m := &msgs[i]
+		if m.Topic == "" {
+			return errors.New("write outbox message: empty topic")
+		}
+		if m.ID == uuid.Nil {
+			id, err := uuid.NewV7()
+			if err != nil {
+				return fmt.Errorf("write outbox message: new id: %w", err)
+			}
+			m.ID = id
+		}
+		h, err := json.Marshal(m.headers())
+		if err != nil {
+			return fmt.Errorf("write outbox message %s: encode headers: %w", m.ID, err)
+		}
+		ids[i], topics[i], keys[i], payloads[i], headers[i] = m.ID, m.Topic, m.Key, m.Payload, h
+	}
+	if _, err := tx.Exec(ctx, o.q.insert, ids, topics, keys, payloads, headers, o.q.schema+":"); err != nil {
+		return fmt.Errorf("write %d message(s) to %s outbox: %w", len(msgs), o.q.schema, err)
+	}
+	return nil
+}
+
+func (m *Message) headers() map[string]string {
+	h := make(map[string]string, len(m.Headers)+4)
+	for k, v := range m.Headers {
+		h[k] = v
+	}
+	if m.Type != "" {
+		h[HeaderType] = m.Type
+	}
+	if m.SchemaVersion != 0 {
+		h[HeaderSchemaVersion] = strconv.Itoa(m.SchemaVersion)
+	}
+	if m.CorrelationID != "" {
+		h[HeaderCorrelationID] = m.CorrelationID
+	}
+	if m.CausationID != "" {
+		h[HeaderCausationID] = m.CausationID
+	}
+	return h
+}

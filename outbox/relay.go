@@ -1,0 +1,413 @@
+package outbox
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/IBM/sarama"
+	"github.com/ThreeDotsLabs/watermill-kafka/v3/pkg/kafka"
+	"github.com/google/uuid"
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
+
+	"github.com/sagaflow/sagaflow/kafkax"
+)
+
+// Producer sends a batch of messages to Kafka and returns when all are
+// acknowledged (sarama's SyncProducer). Messages of one partition keep their
+// order within a batch.
+type Producer interface {
+	SendMessages(msgs []*sarama.ProducerMessage) error
+}
+
+// RelayConfig configures a Relay.
+type RelayConfig struct {
+	// Pool connects to the database; the relay opens two dedicated
+	// connections per outbox from its configuration (the leader's, which
+	// holds the advisory lock, and a shared LISTEN connection).
+	Pool *pgxpool.Pool
+	// Outboxes to drain.
+	Outboxes []*Outbox
+	// Producer publishes batches.
+	Producer Producer
+	// BatchSize is the most rows read, sent and deleted at once (default 1000).
+	BatchSize int
+	// PollInterval bounds how long a committed row waits when its
+	// notification was lost (default 1 s).
+	PollInterval time.Duration
+	// StandbyInterval is how often a relay that is not the leader of an
+	// outbox tries to become it (default 1 s).
+	StandbyInterval time.Duration
+	// DuplicateEach publishes every row twice: a test switch that proves the
+	// consumers' inboxes absorb duplicates.
+	DuplicateEach bool
+	// Logger logs leadership changes and errors.
+	Logger *slog.Logger
+}
+
+// Relay publishes committed outbox rows to Kafka and then deletes them.
+//
+// Rows are deleted rather than marked: a marked row would have to be deleted
+// by retention anyway, and the relay's fetch would have to skip ever more
+// dead rows. Kafka keeps the published copy.
+//
+// One relay process at a time drains an outbox: it holds a session advisory
+// lock on a dedicated connection, and deletes on that same connection, so a
+// relay that lost its connection (and with it the lock) cannot delete rows
+// another relay is publishing. Other relays wait as standbys. Per-key order
+// follows from one publisher reading rows in seq order and sending each
+// partition's messages in order with an idempotent producer.
+type Relay struct {
+	cfg     RelayConfig
+	log     *slog.Logger
+	wake    map[string]chan struct{}
+	stats   map[string]*relayStats
+	started atomic.Bool
+}
+
+type relayStats struct {
+	published atomic.Int64
+	batches   atomic.Int64
+	leader    atomic.Bool
+	failures  atomic.Int64
+}
+
+// RelayStats is a snapshot of one outbox's relay counters.
+type RelayStats struct {
+	Schema    string
+	Leader    bool
+	Published int64
+	Batches   int64
+	Failures  int64
+}
+
+// NewRelay checks cfg and returns a relay ready to Run.
+func NewRelay(cfg RelayConfig) (*Relay, error) {
+	if cfg.Pool == nil || cfg.Producer == nil || len(cfg.Outboxes) == 0 {
+		return nil, errors.New("outbox relay needs a pool, a producer and at least one outbox")
+	}
+	if cfg.BatchSize <= 0 {
+		cfg.BatchSize = 1000
+	}
+	if cfg.PollInterval <= 0 {
+		cfg.PollInterval = time.Second
+	}
+	if cfg.StandbyInterval <= 0 {
+		cfg.StandbyInterval = time.Second
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.Default()
+	}
+	r := &Relay{
+		cfg:   cfg,
+		log:   cfg.Logger.With("component", "relay"),
+		wake:  map[string]chan struct{}{},
+		stats: map[string]*relayStats{},
+	}
+	for _, o := range cfg.Outboxes {
+		r.wake[o.Schema()] = make(chan struct{}, 1)
+		r.stats[o.Schema()] = &relayStats{}
+	}
+	return r, nil
+}
+
+// Run drains the outboxes until ctx ends, then returns nil. Database and
+// Kafka outages are retried with backoff; rows stay in the outbox meanwhile.
+func (r *Relay) Run(ctx context.Context) error {
+	if r.started.Swap(true) {
+		return errors.New("outbox relay: Run called twice")
+	}
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		r.listen(ctx)
+	}()
+	for _, o := range r.cfg.Outboxes {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			r.runOutbox(ctx, o)
+		}()
+	}
+	wg.Wait()
+	return nil
+}
+
+// Stats returns the counters of every outbox.
+func (r *Relay) Stats() []RelayStats {
+	out := make([]RelayStats, 0, len(r.cfg.Outboxes))
+	for _, o := range r.cfg.Outboxes {
+		s := r.stats[o.Schema()]
+		out = append(out, RelayStats{
+			Schema:    o.Schema(),
+			Leader:    s.leader.Load(),
+			Published: s.published.Load(),
+			Batches:   s.batches.Load(),
+			Failures:  s.failures.Load(),
+		})
+	}
+	return out
+}
+
+// listen wakes outbox loops on NOTIFY sagaflow_outbox (sent by a statement
+// trigger on every outbox insert). Notifications are not stored, so the
+// loops also poll; after a reconnect every loop is woken.
+func (r *Relay) listen(ctx context.Context) {
+	backoff := newBackoff(100*time.Millisecond, 5*time.Second)
+	for ctx.Err() == nil {
+		conn, err := pgx.ConnectConfig(ctx, r.cfg.Pool.Config().ConnConfig.Copy())
+		if err == nil {
+			_, err = conn.Exec(ctx, "LISTEN sagaflow_outbox")
+		}
+		if err == nil {
+			backoff.reset()
+			r.wakeAll()
+			for {
+				n, werr := conn.WaitForNotification(ctx)
+				if werr != nil {
+					err = werr
+					break
+				}
+				if ch, ok := r.wake[n.Payload]; ok {
+					select {
+					case ch <- struct{}{}:
+					default:
+					}
+				}
+			}
+		}
+		if conn != nil {
+			_ = conn.Close(context.WithoutCancel(ctx))
+		}
+		if ctx.Err() != nil {
+			return
+		}
+		r.log.Warn("outbox listener disconnected; polling until it reconnects", "err", err)
+		backoff.wait(ctx)
+	}
+}
+
+func (r *Relay) wakeAll() {
+	for _, ch := range r.wake {
+		select {
+		case ch <- struct{}{}:
+		default:
+		}
+	}
+}
+
+// runOutbox is the life of one outbox's relay: connect, become leader, drain;
+// on any database error start over after a backoff.
+func (r *Relay) runOutbox(ctx context.Context, o *Outbox) {
+	log := r.log.With("outbox", o.Schema())
+	st := r.stats[o.Schema()]
+	backoff := newBackoff(100*time.Millisecond, 5*time.Second)
+	for ctx.Err() == nil {
+		err := r.lead(ctx, o, log, st, backoff)
+		st.leader.Store(false)
+		if ctx.Err() != nil {
+			return
+		}
+		st.failures.Add(1)
+		log.Warn("outbox relay lost its database connection; reconnecting", "err", err)
+		backoff.wait(ctx)
+	}
+}
+
+// lead connects, waits to hold the outbox's leader lock, then drains it until
+// ctx ends or the connection fails.
+func (r *Relay) lead(ctx context.Context, o *Outbox, log *slog.Logger, st *relayStats, backoff *backoff) error {
+	conn, err := pgx.ConnectConfig(ctx, r.cfg.Pool.Config().ConnConfig.Copy())
+	if err != nil {
+		return fmt.Errorf("connect: %w", err)
+	}
+	defer conn.Close(context.WithoutCancel(ctx))
+	lockName := "sagaflow.relay." + o.Schema()
+	for {
+		var ok bool
+		if err := conn.QueryRow(ctx, "SELECT pg_try_advisory_lock(hashtextextended($1, 0))", lockName).Scan(&ok); err != nil {
+			if ctx.Err() != nil {
+				return nil
+			}
+			return fmt.Errorf("take the leader lock of outbox %s: %w", o.Schema(), err)
+		}
+		if ok {
+			break
+		}
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-time.After(r.cfg.StandbyInterval):
+		}
+	}
+	st.leader.Store(true)
+	backoff.reset()
+	log.Info("outbox relay is the leader")
+
+	wake := r.wake[o.Schema()]
+	batch := make([]row, 0, r.cfg.BatchSize)
+	for ctx.Err() == nil {
+		batch, err = fetch(ctx, conn, o.q.fetch, r.cfg.BatchSize, batch[:0])
+		if err != nil {
+			if ctx.Err() != nil {
+				return nil
+			}
+			return fmt.Errorf("read outbox %s: %w", o.Schema(), err)
+		}
+		if len(batch) == 0 {
+			select {
+			case <-ctx.Done():
+			case <-wake:
+			case <-time.After(r.cfg.PollInterval):
+			}
+			continue
+		}
+		if !r.send(ctx, log, batch) {
+			return nil // ctx ended while Kafka was unreachable; rows stay
+		}
+		seqs := make([]int64, len(batch))
+		for i, b := range batch {
+			seqs[i] = b.seq
+		}
+		if _, err := conn.Exec(ctx, o.q.remove, seqs); err != nil {
+			if ctx.Err() != nil {
+				return nil
+			}
+			// The rows were published; they will be published again by
+			// whoever leads next, and the consumers' inboxes absorb that.
+			return fmt.Errorf("delete %d published rows of outbox %s: %w", len(seqs), o.Schema(), err)
+		}
+		st.published.Add(int64(len(batch)))
+		st.batches.Add(1)
+	}
+	return nil
+}
+
+// send publishes a batch, retrying with backoff while Kafka fails. It
+// returns false when ctx ended first.
+func (r *Relay) send(ctx context.Context, log *slog.Logger, batch []row) bool {
+	msgs := make([]*sarama.ProducerMessage, 0, len(batch)*2)
+	for i := range batch {
+		m := batch[i].producerMessage()
+		msgs = append(msgs, m)
+		if r.cfg.DuplicateEach {
+			msgs = append(msgs, batch[i].producerMessage())
+		}
+	}
+	backoff := newBackoff(100*time.Millisecond, 5*time.Second)
+	for {
+		err := r.cfg.Producer.SendMessages(msgs)
+		if err == nil {
+			return true
+		}
+		log.Warn("publish outbox batch to Kafka failed; retrying", "rows", len(batch), "err", firstProducerError(err))
+		if !backoff.wait(ctx) {
+			return false
+		}
+		for _, m := range msgs {
+			// sarama keeps state on a sent message; send fresh copies.
+			*m = sarama.ProducerMessage{Topic: m.Topic, Key: m.Key, Value: m.Value, Headers: m.Headers}
+		}
+	}
+}
+
+func firstProducerError(err error) error {
+	var perrs sarama.ProducerErrors
+	if errors.As(err, &perrs) && len(perrs) > 0 {
+		return fmt.Errorf("%d of the batch failed, first: %w", len(perrs), perrs[0].Err)
+	}
+	return err
+}
+
+// row is one outbox row.
+type row struct {
+	seq     int64
+	id      uuid.UUID
+	topic   string
+	key     string
+	payload []byte
+	headers map[string]string
+}
+
+func fetch(ctx context.Context, conn *pgx.Conn, query string, limit int, dst []row) ([]row, error) {
+	rows, err := conn.Query(ctx, query, limit)
+	if err != nil {
+		return dst, err
+	}
+	defer rows.Close()
+	for rows.Next() {
+		var rw row
+		if err := rows.Scan(&rw.seq, &rw.id, &rw.topic, &rw.key, &rw.payload, &rw.headers); err != nil {
+			return dst, err
+		}
+		dst = append(dst, rw)
+	}
+	return dst, rows.Err()
+}
+
+func (rw *row) producerMessage() *sarama.ProducerMessage {
+	headers := make([]sarama.RecordHeader, 0, len(rw.headers)+2)
+	headers = append(headers,
+		sarama.RecordHeader{Key: []byte(kafka.UUIDHeaderKey), Value: []byte(rw.id.String())},
+		sarama.RecordHeader{Key: []byte(kafkax.KeyMetadata), Value: []byte(rw.key)},
+	)
+	for k, v := range rw.headers {
+		headers = append(headers, sarama.RecordHeader{Key: []byte(k), Value: []byte(v)})
+	}
+	return &sarama.ProducerMessage{
+		Topic:   rw.topic,
+		Key:     sarama.StringEncoder(rw.key),
+		Value:   sarama.ByteEncoder(rw.payload),
+		Headers: headers,
+	}
+}
+
+// Backlog is how far an outbox is behind.
+type Backlog struct {
+	Schema string
+	// Rows waiting to be published.
+	Rows int64
+	// OldestAge is the age of the oldest waiting row.
+	OldestAge time.Duration
+}
+
+// Backlog reads the backlog of outbox o.
+func (o *Outbox) Backlog(ctx context.Context, db interface {
+	QueryRow(context.Context, string, ...any) pgx.Row
+}) (Backlog, error) {
+	b := Backlog{Schema: o.Schema()}
+	var age float64
+	if err := db.QueryRow(ctx, o.q.backlog).Scan(&b.Rows, &age); err != nil {
+		return b, fmt.Errorf("read backlog of outbox %s: %w", o.Schema(), err)
+	}
+	b.OldestAge = time.Duration(age * float64(time.Second))
+	return b, nil
+}
+
+// backoff is an exponential backoff between lo and hi.
+type backoff struct {
+	lo, hi, cur time.Duration
+}
+
+func newBackoff(lo, hi time.Duration) *backoff { return &backoff{lo: lo, hi: hi, cur: lo} }
+
+func (b *backoff) reset() { b.cur = b.lo }
+
+// wait sleeps the current interval and doubles it; false when ctx ended.
+func (b *backoff) wait(ctx context.Context) bool {
+	t := time.NewTimer(b.cur)
+	defer t.Stop()
+	b.cur = min(b.cur*2, b.hi)
+	select {
+	case <-ctx.Done():
+		return false
+	case <-t.C:
+		return true
+	}
+}

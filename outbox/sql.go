@@ -1,0 +1,61 @@
+package outbox
+
+import (
+	"fmt"
+
+	"github.com/jackc/pgx/v5"
+)
+
+// queries holds the SQL of one service schema's outbox and inbox. Only the
+// schema identifier is formatted in (sanitised by pgx); every value is a
+// bind parameter.
+type queries struct {
+	schema string
+
+	// insert writes messages in order. It first takes a transaction-scoped
+	// advisory lock per distinct key (in key order, so two writers cannot
+	// deadlock on one statement): two transactions that write the same key
+	// then commit in the order of their seq numbers, which is the order the
+	// relay publishes in.
+	insert string
+	// fetch reads the oldest rows.
+	fetch string
+	// remove deletes published rows.
+	remove string
+	// backlog counts rows and the age of the oldest.
+	backlog string
+
+	// inboxClaim records a message for a consumer. It returns 0 duplicates
+	// for the first delivery and the number of earlier deliveries for a
+	// redelivery; a concurrent delivery waits on the row lock of the first.
+	inboxClaim string
+	// inboxPurge deletes up to $2 processed rows received before $1.
+	inboxPurge string
+	// duplicates sums the redeliveries the inbox absorbed.
+	duplicates string
+}
+
+func newQueries(schema string) queries {
+	s := pgx.Identifier{schema}.Sanitize()
+	return queries{
+		schema: schema,
+		insert: fmt.Sprintf(`WITH locks AS (
+	SELECT pg_advisory_xact_lock(hashtextextended($6 || k, 0))
+	FROM (SELECT DISTINCT k FROM unnest($3::text[]) AS k ORDER BY k) AS keys
+)
+INSERT INTO %s.outbox (id, topic, key, payload, headers)
+SELECT m.id, m.topic, m.key, m.payload, m.headers
+FROM unnest($1::uuid[], $2::text[], $3::text[], $4::bytea[], $5::jsonb[]) WITH ORDINALITY AS m(id, topic, key, payload, headers, ord)
+WHERE (SELECT count(*) FROM locks) >= 0
+ORDER BY m.ord`, s),
+		fetch:   fmt.Sprintf(`SELECT seq, id, topic, key, payload, headers FROM %s.outbox ORDER BY seq LIMIT $1`, s),
+		remove:  fmt.Sprintf(`DELETE FROM %s.outbox WHERE seq = ANY($1::bigint[])`, s),
+		backlog: fmt.Sprintf(`SELECT count(*), COALESCE(EXTRACT(EPOCH FROM now() - min(created_at)), 0)::float8 FROM %s.outbox`, s),
+		inboxClaim: fmt.Sprintf(`INSERT INTO %s.inbox AS i (consumer, message_id) VALUES ($1, $2)
+ON CONFLICT (consumer, message_id) DO UPDATE SET duplicates = i.duplicates + 1
+RETURNING duplicates`, s),
+		inboxPurge: fmt.Sprintf(`DELETE FROM %[1]s.inbox WHERE ctid = ANY(ARRAY(
+	SELECT ctid FROM %[1]s.inbox WHERE received_at < $1 LIMIT $2))`, s),
+		duplicates: fmt.Sprintf(`SELECT COALESCE(sum(duplicates), 0)::bigint FROM %s.inbox`, s),
+	}
+}
