@@ -161,7 +161,7 @@ func (r *Relay) Stats() []RelayStats {
 func (r *Relay) listen(ctx context.Context) {
 	backoff := newBackoff(100*time.Millisecond, 5*time.Second)
 	for ctx.Err() == nil {
-		conn, err := pgx.ConnectConfig(ctx, r.cfg.Pool.Config().ConnConfig.Copy())
+		conn, err := r.connect(ctx, "listen")
 		if err == nil {
 			_, err = conn.Exec(ctx, "LISTEN sagaflow_outbox")
 		}
@@ -191,6 +191,14 @@ func (r *Relay) listen(ctx context.Context) {
 		r.log.Warn("outbox listener disconnected; polling until it reconnects", "err", err)
 		backoff.wait(ctx)
 	}
+}
+
+// connect opens a dedicated connection named sagaflow-relay-<role> (its
+// application_name, as operators see it in pg_stat_activity).
+func (r *Relay) connect(ctx context.Context, role string) (*pgx.Conn, error) {
+	cfg := r.cfg.Pool.Config().ConnConfig.Copy()
+	cfg.RuntimeParams["application_name"] = "sagaflow-relay-" + role
+	return pgx.ConnectConfig(ctx, cfg)
 }
 
 func (r *Relay) wakeAll() {
@@ -223,7 +231,7 @@ func (r *Relay) runOutbox(ctx context.Context, o *Outbox) {
 // lead connects, waits to hold the outbox's leader lock, then drains it until
 // ctx ends or the connection fails.
 func (r *Relay) lead(ctx context.Context, o *Outbox, log *slog.Logger, st *relayStats, backoff *backoff) error {
-	conn, err := pgx.ConnectConfig(ctx, r.cfg.Pool.Config().ConnConfig.Copy())
+	conn, err := r.connect(ctx, o.Schema())
 	if err != nil {
 		return fmt.Errorf("connect: %w", err)
 	}
