@@ -205,14 +205,59 @@ func (c Config) Ping(ctx context.Context) error {
 	return fmt.Errorf("kafka unreachable at %s (is the broker running? `scripts/kafka/kafka start` starts one): %w", strings.Join(c.Brokers, ","), last)
 }
 
-// The order saga's topics.
-const (
-	TopicInventoryCommands = "inventory.commands"
-	TopicPaymentCommands   = "payment.commands"
-	TopicShippingCommands  = "shipping.commands"
-	TopicSagaReplies       = "saga.replies"
-	TopicOrderEvents       = "order.events"
-)
+// Topics names the order saga's topics and the prefix of its consumer
+// groups. Production uses DefaultTopics; tests use Prefixed names so that
+// each test has topics and groups of its own.
+type Topics struct {
+	InventoryCommands string
+	PaymentCommands   string
+	ShippingCommands  string
+	SagaReplies       string
+	OrderEvents       string
+	// GroupPrefix starts every consumer group name ("sagaflow." by default).
+	GroupPrefix string
+}
 
-// Topics lists every topic Sagaflow creates at start-up.
-var Topics = []string{TopicInventoryCommands, TopicPaymentCommands, TopicShippingCommands, TopicSagaReplies, TopicOrderEvents}
+// DefaultTopics are the production topic names.
+func DefaultTopics() Topics {
+	return Topics{
+		InventoryCommands: "inventory.commands",
+		PaymentCommands:   "payment.commands",
+		ShippingCommands:  "shipping.commands",
+		SagaReplies:       "saga.replies",
+		OrderEvents:       "order.events",
+		GroupPrefix:       "sagaflow.",
+	}
+}
+
+// PrefixedTopics are DefaultTopics with every name, and the group prefix,
+// starting with prefix.
+func PrefixedTopics(prefix string) Topics {
+	d := DefaultTopics()
+	return Topics{
+		InventoryCommands: prefix + d.InventoryCommands,
+		PaymentCommands:   prefix + d.PaymentCommands,
+		ShippingCommands:  prefix + d.ShippingCommands,
+		SagaReplies:       prefix + d.SagaReplies,
+		OrderEvents:       prefix + d.OrderEvents,
+		GroupPrefix:       prefix + d.GroupPrefix,
+	}
+}
+
+// Group is the consumer group of a consumer (for example "inventory").
+func (t Topics) Group(consumer string) string { return t.GroupPrefix + consumer }
+
+// DeadLetter is the dead-letter topic of a consumer's group.
+func (t Topics) DeadLetter(consumer string) string { return t.Group(consumer) + ".dlq" }
+
+// Consumers are the consumers Sagaflow runs, each with a dead-letter topic.
+var Consumers = []string{"inventory", "payment", "shipping", "orchestrator"}
+
+// All lists every topic to create at start-up, dead-letter topics included.
+func (t Topics) All() []string {
+	all := []string{t.InventoryCommands, t.PaymentCommands, t.ShippingCommands, t.SagaReplies, t.OrderEvents}
+	for _, c := range Consumers {
+		all = append(all, t.DeadLetter(c))
+	}
+	return all
+}

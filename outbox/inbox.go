@@ -196,7 +196,10 @@ type ConsumerConfig struct {
 	MaxRetries       int
 	RetryInterval    time.Duration
 	MaxRetryInterval time.Duration
-	Logger           *slog.Logger
+	// AfterCommit, when set, runs after a message's transaction committed
+	// and before it is acked (fault injection uses it to crash there).
+	AfterCommit func(msg *message.Message)
+	Logger      *slog.Logger
 }
 
 // DeadLetterTopicOf is the dead-letter topic of a consumer group.
@@ -245,7 +248,18 @@ func AddConsumer(router *message.Router, c ConsumerConfig) error {
 			return !IsPermanent(p.Err)
 		},
 	}
-	h := router.AddConsumerHandler(c.Name, c.Topic, c.Subscriber, c.Inbox.Wrap(c.Handler))
+	handle := c.Inbox.Wrap(c.Handler)
+	if c.AfterCommit != nil {
+		inner := handle
+		handle = func(msg *message.Message) error {
+			if err := inner(msg); err != nil {
+				return err
+			}
+			c.AfterCommit(msg)
+			return nil
+		}
+	}
+	h := router.AddConsumerHandler(c.Name, c.Topic, c.Subscriber, handle)
 	h.AddMiddleware(poison, retry.Middleware, middleware.Recoverer)
 	return nil
 }

@@ -59,7 +59,7 @@ func runDev(ctx context.Context, args []string, stdout io.Writer) error {
 	}
 	defer kafka.Close()
 	kcfg := kafkax.Config{Brokers: kafka.Brokers(), Partitions: int32(*partitions), ReplicationFactor: 1, ClientID: "sagaflow-dev"}
-	if err := kcfg.EnsureTopics(ctx, kafkax.Topics...); err != nil {
+	if err := kcfg.EnsureTopics(ctx, kafkax.DefaultTopics().All()...); err != nil {
 		return err
 	}
 
