@@ -261,3 +261,50 @@ func (t Topics) All() []string {
 	}
 	return all
 }
+
+// CountMessages returns how many messages each topic holds (newest minus
+// oldest offset over its partitions); a missing topic counts 0.
+func (c Config) CountMessages(ctx context.Context, topics ...string) (map[string]int64, error) {
+	if err := c.Ping(ctx); err != nil {
+		return nil, err
+	}
+	client, err := sarama.NewClient(c.Brokers, c.base())
+	if err != nil {
+		return nil, fmt.Errorf("connect to Kafka at %s: %w", strings.Join(c.Brokers, ","), err)
+	}
+	defer client.Close()
+	out := make(map[string]int64, len(topics))
+	for _, t := range topics {
+		parts, err := client.Partitions(t)
+		if errors.Is(err, sarama.ErrUnknownTopicOrPartition) {
+			out[t] = 0
+			continue
+		}
+		if err != nil {
+			return nil, fmt.Errorf("partitions of %s: %w", t, err)
+		}
+		var n int64
+		for _, p := range parts {
+			newest, err := client.GetOffset(t, p, sarama.OffsetNewest)
+			if err != nil {
+				return nil, fmt.Errorf("newest offset of %s/%d: %w", t, p, err)
+			}
+			oldest, err := client.GetOffset(t, p, sarama.OffsetOldest)
+			if err != nil {
+				return nil, fmt.Errorf("oldest offset of %s/%d: %w", t, p, err)
+			}
+			n += newest - oldest
+		}
+		out[t] = n
+	}
+	return out, nil
+}
+
+// DeadLetterTopics lists the dead-letter topics of every consumer.
+func (t Topics) DeadLetterTopics() []string {
+	var out []string
+	for _, c := range Consumers {
+		out = append(out, t.DeadLetter(c))
+	}
+	return out
+}

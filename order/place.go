@@ -1,0 +1,282 @@
+package order
+
+import (
+	"bytes"
+	"context"
+	"crypto/sha256"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"regexp"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/google/uuid"
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
+
+	"github.com/sagaflow/sagaflow/outbox"
+	"github.com/sagaflow/sagaflow/saga"
+)
+
+// Money is an amount in a currency's minor units (cents). In JSON it is a
+// decimal with at most two fractional digits, as a string ("19.99") or a
+// number (19.99).
+type Money int64
+
+var moneyPattern = regexp.MustCompile(`^[0-9]{1,10}(\.[0-9]{1,2})?$`)
+
+// UnmarshalJSON parses "19.99" or 19.99 exactly (no float rounding).
+func (m *Money) UnmarshalJSON(b []byte) error {
+	s := string(bytes.TrimSpace(b))
+	if strings.HasPrefix(s, `"`) {
+		if err := json.Unmarshal(b, &s); err != nil {
+			return err
+		}
+	}
+	if !moneyPattern.MatchString(s) {
+		return fmt.Errorf("amount %s is not a decimal with at most two fractional digits", s)
+	}
+	whole, frac, _ := strings.Cut(s, ".")
+	for len(frac) < 2 {
+		frac += "0"
+	}
+	n, err := strconv.ParseInt(whole+frac, 10, 64)
+	if err != nil {
+		return fmt.Errorf("amount %s: %w", s, err)
+	}
+	*m = Money(n)
+	return nil
+}
+
+// MarshalJSON writes the amount as a decimal string.
+func (m Money) MarshalJSON() ([]byte, error) {
+	return json.Marshal(m.String())
+}
+
+func (m Money) String() string { return fmt.Sprintf("%d.%02d", int64(m)/100, int64(m)%100) }
+
+// Amount is an order's total.
+type Amount struct {
+	Value    Money  `json:"value"`
+	Currency string `json:"currency"`
+}
+
+// PlaceRequest is the body of POST /orders.
+type PlaceRequest struct {
+	CustomerID      string            `json:"customer_id"`
+	Items           []Item            `json:"items"`
+	Amount          Amount            `json:"amount"`
+	ShippingAddress Address           `json:"shipping_address"`
+	Inject          map[string]string `json:"inject,omitempty"`
+}
+
+// FieldError says which field of a request is wrong and why.
+type FieldError struct {
+	Field  string `json:"field"`
+	Reason string `json:"reason"`
+}
+
+// Limits of a valid order.
+const (
+	MaxItems       = 100
+	MaxQuantity    = 10000
+	MaxTextLength  = 200
+	MaxAmountCents = 1_000_000_000_00
+)
+
+var (
+	currencyPattern = regexp.MustCompile(`^[A-Z]{3}$`)
+	countryPattern  = regexp.MustCompile(`^[A-Z]{2}$`)
+	skuPattern      = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$`)
+)
+
+// injectable are the participants and compensations Inject may name.
+var injectable = map[string]bool{
+	StepInventory: true, StepPayment: true, StepShipping: true,
+	StepInventory + ".compensation": true, StepPayment + ".compensation": true, StepShipping + ".compensation": true,
+}
+
+// Validate checks every field and returns what is wrong, in field order.
+func (r *PlaceRequest) Validate() []FieldError {
+	var errs []FieldError
+	add := func(field, reason string) { errs = append(errs, FieldError{field, reason}) }
+	text := func(field, v string, required bool) {
+		switch {
+		case required && strings.TrimSpace(v) == "":
+			add(field, "is required")
+		case len(v) > MaxTextLength:
+			add(field, fmt.Sprintf("is longer than %d characters", MaxTextLength))
+		}
+	}
+	text("customer_id", r.CustomerID, true)
+	switch {
+	case len(r.Items) == 0:
+		add("items", "needs at least one item")
+	case len(r.Items) > MaxItems:
+		add("items", fmt.Sprintf("has more than %d items", MaxItems))
+	}
+	seen := map[string]bool{}
+	for i, it := range r.Items {
+		f := fmt.Sprintf("items[%d]", i)
+		if !skuPattern.MatchString(it.SKU) {
+			add(f+".sku", "must be 1-64 letters, digits, '.', '_' or '-'")
+		} else if seen[it.SKU] {
+			add(f+".sku", "appears twice; put the quantities in one item")
+		}
+		seen[it.SKU] = true
+		if it.Quantity <= 0 {
+			add(f+".quantity", "must be a positive whole number")
+		} else if it.Quantity > MaxQuantity {
+			add(f+".quantity", fmt.Sprintf("must be at most %d", MaxQuantity))
+		}
+	}
+	if r.Amount.Value <= 0 {
+		add("amount.value", "must be greater than zero")
+	} else if r.Amount.Value > MaxAmountCents {
+		add("amount.value", "is too large")
+	}
+	if !currencyPattern.MatchString(r.Amount.Currency) {
+		add("amount.currency", "must be a three-letter ISO 4217 code in capitals, such as EUR")
+	}
+	a := r.ShippingAddress
+	text("shipping_address.name", a.Name, true)
+	text("shipping_address.line1", a.Line1, true)
+	text("shipping_address.line2", a.Line2, false)
+	text("shipping_address.city", a.City, true)
+	text("shipping_address.postal_code", a.PostalCode, true)
+	if !countryPattern.MatchString(a.Country) {
+		add("shipping_address.country", "must be a two-letter ISO 3166-1 code in capitals, such as DE")
+	}
+	for k, v := range r.Inject {
+		if !injectable[k] {
+			add("inject."+k, "names no participant (inventory, payment, shipping, or one of them + \".compensation\")")
+		}
+		text("inject."+k, v, true)
+	}
+	return errs
+}
+
+// hash identifies a request's content, to tell a replay from a different
+// request under a used idempotency key.
+func (r *PlaceRequest) hash() []byte {
+	b, _ := json.Marshal(r) // map keys are sorted by encoding/json
+	h := sha256.Sum256(b)
+	return h[:]
+}
+
+// Placed is the answer to a placement.
+type Placed struct {
+	OrderID uuid.UUID `json:"order_id"`
+	SagaID  uuid.UUID `json:"saga_id"`
+	Status  Status    `json:"status"`
+	// Replayed is true when the idempotency key was used before with the
+	// same request: this is that placement's answer.
+	Replayed bool `json:"-"`
+}
+
+// ErrIdempotencyConflict is returned when an idempotency key was used with a
+// different request.
+var ErrIdempotencyConflict = errors.New("idempotency key already used with a different request")
+
+// Service places orders and reads them.
+type Service struct {
+	pool   *pgxpool.Pool
+	engine *saga.Engine
+	outbox *outbox.Outbox
+	topics eventTopics
+}
+
+type eventTopics struct{ orderEvents string }
+
+// NewService returns an order service that starts sagas on engine and
+// publishes order events to orderEventsTopic.
+func NewService(pool *pgxpool.Pool, engine *saga.Engine, orderEventsTopic string) *Service {
+	return &Service{pool: pool, engine: engine, outbox: outbox.New("orders"), topics: eventTopics{orderEventsTopic}}
+}
+
+// Place validates nothing (call Validate first) and, in one transaction,
+// stores the order (pending), starts its saga (which writes the first
+// command to the outbox) and writes an OrderPlaced event. The same key with
+// the same request answers the first placement; with another request,
+// ErrIdempotencyConflict.
+func (s *Service) Place(ctx context.Context, key string, req *PlaceRequest) (Placed, error) {
+	hash := req.hash()
+	orderID, err := uuid.NewV7()
+	if err != nil {
+		return Placed{}, fmt.Errorf("new order id: %w", err)
+	}
+	sagaID, err := uuid.NewV7()
+	if err != nil {
+		return Placed{}, fmt.Errorf("new saga id: %w", err)
+	}
+	tx, err := s.pool.Begin(ctx)
+	if err != nil {
+		return Placed{}, fmt.Errorf("place order: begin: %w", err)
+	}
+	defer tx.Rollback(context.WithoutCancel(ctx)) //nolint:errcheck // a no-op after Commit
+
+	items, _ := json.Marshal(req.Items)
+	addr, _ := json.Marshal(req.ShippingAddress)
+	var inserted uuid.UUID
+	err = tx.QueryRow(ctx, sqlInsertOrder, orderID, sagaID, key, hash, req.CustomerID, items, int64(req.Amount.Value),
+		req.Amount.Currency, addr).Scan(&inserted)
+	if errors.Is(err, pgx.ErrNoRows) {
+		// The key was used: by this request (a retry) or another one.
+		var p Placed
+		var prevHash []byte
+		var status string
+		if err := tx.QueryRow(ctx, sqlOrderByKey, key).Scan(&p.OrderID, &p.SagaID, &status, &prevHash); err != nil {
+			return Placed{}, fmt.Errorf("read order of idempotency key: %w", err)
+		}
+		if !bytes.Equal(prevHash, hash) {
+			return Placed{}, ErrIdempotencyConflict
+		}
+		p.Status, p.Replayed = Status(status), true
+		return p, nil
+	}
+	if err != nil {
+		return Placed{}, fmt.Errorf("insert order %s: %w", orderID, err)
+	}
+	data, err := json.Marshal(Data{OrderID: orderID, CustomerID: req.CustomerID, Items: req.Items,
+		AmountCents: int64(req.Amount.Value), Currency: req.Amount.Currency, ShippingAddress: req.ShippingAddress, Inject: req.Inject})
+	if err != nil {
+		return Placed{}, fmt.Errorf("encode saga data of order %s: %w", orderID, err)
+	}
+	if _, err := s.engine.Start(ctx, tx, SagaType, sagaID, data); err != nil {
+		return Placed{}, fmt.Errorf("start saga of order %s: %w", orderID, err)
+	}
+	if err := s.event(ctx, tx, EventPlaced, orderID, sagaID, ""); err != nil {
+		return Placed{}, err
+	}
+	if err := tx.Commit(ctx); err != nil {
+		return Placed{}, fmt.Errorf("commit order %s: %w", orderID, err)
+	}
+	return Placed{OrderID: orderID, SagaID: sagaID, Status: Pending}, nil
+}
+
+// Event types published to the order events topic.
+const (
+	EventPlaced    = "OrderPlaced"
+	EventConfirmed = "OrderConfirmed"
+	EventCancelled = "OrderCancelled"
+)
+
+// Event is the payload of an order event.
+type Event struct {
+	Type    string    `json:"type"`
+	OrderID uuid.UUID `json:"order_id"`
+	SagaID  uuid.UUID `json:"saga_id"`
+	Reason  string    `json:"reason,omitempty"`
+	At      time.Time `json:"at"`
+}
+
+func (s *Service) event(ctx context.Context, tx pgx.Tx, typ string, orderID, sagaID uuid.UUID, reason string) error {
+	payload, err := json.Marshal(Event{Type: typ, OrderID: orderID, SagaID: sagaID, Reason: reason, At: time.Now().UTC()})
+	if err != nil {
+		return fmt.Errorf("encode %s of order %s: %w", typ, orderID, err)
+	}
+	return s.outbox.Write(ctx, tx, outbox.Message{Topic: s.topics.orderEvents, Key: sagaID.String(), Payload: payload,
+		Type: typ, SchemaVersion: 1, CorrelationID: sagaID.String()})
+}

@@ -1,0 +1,466 @@
+package saga
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"time"
+
+	"github.com/ThreeDotsLabs/watermill/message"
+	"github.com/google/uuid"
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
+
+	"github.com/sagaflow/sagaflow/outbox"
+)
+
+// State is a saga instance's state.
+type State string
+
+// The states of a saga. completed, compensated and failed are terminal;
+// stuck waits for an operator.
+const (
+	Running      State = "running"
+	Compensating State = "compensating"
+	Completed    State = "completed"
+	// Compensated: a step failed and every completed step was undone.
+	Compensated State = "compensated"
+	// Failed: a step failed and there was nothing to undo.
+	Failed State = "failed"
+	// Stuck: a compensation kept failing past its attempts. Nothing retries
+	// it until an operator does (Engine.Retry) or resolves it by hand.
+	Stuck State = "stuck"
+)
+
+// Terminal reports whether no more commands will be sent for the saga.
+func (s State) Terminal() bool { return s == Completed || s == Compensated || s == Failed }
+
+// Valid reports whether s names a state.
+func (s State) Valid() bool {
+	switch s {
+	case Running, Compensating, Completed, Compensated, Failed, Stuck:
+		return true
+	}
+	return false
+}
+
+// History events.
+const (
+	EventStarted          = "started"
+	EventSent             = "sent"
+	EventSucceeded        = "succeeded"
+	EventRefused          = "refused"
+	EventTimedOut         = "timed out"
+	EventStaleReply       = "stale reply ignored"
+	EventCompleted        = "completed"
+	EventCompensated      = "compensated"
+	EventFailed           = "failed"
+	EventStuck            = "stuck"
+	EventOperatorRetry    = "retried by operator"
+	EventOperatorResolved = "resolved by operator"
+)
+
+// Instance is one saga.
+type Instance struct {
+	ID    uuid.UUID `json:"id"`
+	Type  string    `json:"type"`
+	State State     `json:"state"`
+	// Step is the index of the step whose action (running) or compensation
+	// (compensating, stuck) is awaited; Attempt counts its sends.
+	Step    int `json:"step"`
+	Attempt int `json:"attempt"`
+	// Completed is how many steps' actions succeeded.
+	Completed    int             `json:"completed_steps"`
+	Data         json.RawMessage `json:"data"`
+	Reason       string          `json:"reason,omitempty"`
+	StepDeadline *time.Time      `json:"step_deadline,omitempty"`
+	Deadline     time.Time       `json:"deadline"`
+	Version      int             `json:"version"`
+	CreatedAt    time.Time       `json:"created_at"`
+	UpdatedAt    time.Time       `json:"updated_at"`
+	EndedAt      *time.Time      `json:"ended_at,omitempty"`
+}
+
+func scanInstance(row pgx.Row) (*Instance, error) {
+	var in Instance
+	var state string
+	err := row.Scan(&in.ID, &in.Type, &state, &in.Step, &in.Attempt, &in.Completed, &in.Data, &in.Reason,
+		&in.StepDeadline, &in.Deadline, &in.Version, &in.CreatedAt, &in.UpdatedAt, &in.EndedAt)
+	in.State = State(state)
+	return &in, err
+}
+
+// Engine runs saga definitions.
+type Engine struct {
+	pool    *pgxpool.Pool
+	defs    map[string]*Definition
+	outbox  *outbox.Outbox
+	log     *slog.Logger
+	metrics engineMetrics
+}
+
+// NewEngine validates the definitions and returns an engine that writes its
+// commands to the saga schema's outbox.
+func NewEngine(pool *pgxpool.Pool, logger *slog.Logger, defs ...*Definition) (*Engine, error) {
+	if logger == nil {
+		logger = slog.Default()
+	}
+	e := &Engine{pool: pool, defs: map[string]*Definition{}, outbox: outbox.New("saga"), log: logger.With("component", "saga")}
+	for _, d := range defs {
+		if err := e.Define(d); err != nil {
+			return nil, err
+		}
+	}
+	return e, nil
+}
+
+// Define adds a saga definition. Call it before the engine handles messages.
+func (e *Engine) Define(d *Definition) error {
+	if err := d.validate(); err != nil {
+		return err
+	}
+	e.defs[d.Type] = d
+	return nil
+}
+
+// Start creates saga id of type sagaType with data inside tx and writes its
+// first command to the outbox: the saga exists, and starts, exactly when tx
+// commits.
+func (e *Engine) Start(ctx context.Context, tx pgx.Tx, sagaType string, id uuid.UUID, data json.RawMessage) (*Instance, error) {
+	def, ok := e.defs[sagaType]
+	if !ok {
+		return nil, fmt.Errorf("start saga %s: unknown saga type %q", id, sagaType)
+	}
+	now := time.Now()
+	in := &Instance{ID: id, Type: sagaType, State: Running, Step: 0, Attempt: 1, Data: data,
+		Deadline: now.Add(def.Deadline), Version: 1, CreatedAt: now, UpdatedAt: now}
+	first := def.Steps[0]
+	dl := now.Add(first.Retry.timeout(1))
+	in.StepDeadline = &dl
+	if _, err := tx.Exec(ctx, sqlInsertInstance, id, sagaType, data, dl, in.Deadline); err != nil {
+		return nil, fmt.Errorf("insert saga %s: %w", id, err)
+	}
+	if err := e.history(ctx, tx, id, first.Name, "", 0, EventStarted, "", uuid.Nil); err != nil {
+		return nil, err
+	}
+	if err := e.send(ctx, tx, def, in, KindAction, ""); err != nil {
+		return nil, err
+	}
+	e.metrics.started.Add(1)
+	return in, nil
+}
+
+// HandleReply is the orchestrator's handler of replies (run behind the saga
+// schema's inbox, so inside its transaction).
+func (e *Engine) HandleReply(ctx context.Context, tx pgx.Tx, msg *message.Message) error {
+	r, err := DecodeReply(msg)
+	if err != nil {
+		return err
+	}
+	msgID, _ := uuid.Parse(msg.UUID)
+	return e.apply(ctx, tx, r, msgID)
+}
+
+func (e *Engine) apply(ctx context.Context, tx pgx.Tx, r Reply, msgID uuid.UUID) error {
+	in, err := scanInstance(tx.QueryRow(ctx, sqlLockInstance, r.SagaID))
+	if errors.Is(err, pgx.ErrNoRows) {
+		return outbox.Permanent(fmt.Errorf("reply %s for unknown saga %s", msgID, r.SagaID))
+	}
+	if err != nil {
+		return fmt.Errorf("lock saga %s: %w", r.SagaID, err)
+	}
+	def, ok := e.defs[in.Type]
+	if !ok {
+		return fmt.Errorf("saga %s has type %q, which this orchestrator does not run", in.ID, in.Type)
+	}
+	idx := def.stepIndex(r.Step)
+	wantKind := KindAction
+	if in.State == Compensating {
+		wantKind = KindCompensation
+	}
+	if idx < 0 || (in.State != Running && in.State != Compensating) || idx != in.Step || r.Kind != wantKind || r.Attempt != in.Attempt {
+		// A late or duplicated answer to an attempt the saga no longer
+		// waits for: keep it in the history and change nothing.
+		e.metrics.stale.Add(1)
+		reason := fmt.Sprintf("%s reply (attempt %d, %s) while the saga is %s at step %d attempt %d", r.Kind, r.Attempt, r.Outcome, in.State, in.Step, in.Attempt)
+		return e.history(ctx, tx, in.ID, r.Step, r.Kind, r.Attempt, EventStaleReply, reason, msgID)
+	}
+	step := def.Steps[idx]
+	switch {
+	case r.Kind == KindAction && r.Outcome == Succeeded:
+		if err := e.history(ctx, tx, in.ID, step.Name, KindAction, r.Attempt, EventSucceeded, "", msgID); err != nil {
+			return err
+		}
+		in.Completed = idx + 1
+		if idx+1 == len(def.Steps) {
+			return e.finish(ctx, tx, def, in, Completed, "")
+		}
+		in.Step, in.Attempt = idx+1, 1
+		return e.advance(ctx, tx, def, in, KindAction, msgID.String())
+	case r.Kind == KindAction && r.Outcome == Refused:
+		if err := e.history(ctx, tx, in.ID, step.Name, KindAction, r.Attempt, EventRefused, r.Reason, msgID); err != nil {
+			return err
+		}
+		// A refusal made no change, so the refusing step needs no undo.
+		return e.compensate(ctx, tx, def, in, idx-1, fmt.Sprintf("%s refused: %s", step.Name, r.Reason), msgID.String())
+	case r.Kind == KindCompensation && r.Outcome == Succeeded:
+		if err := e.history(ctx, tx, in.ID, step.Name, KindCompensation, r.Attempt, EventSucceeded, "", msgID); err != nil {
+			return err
+		}
+		return e.compensate(ctx, tx, def, in, idx-1, in.Reason, msgID.String())
+	default: // a compensation refused: it must finish, so the deadline resends it
+		e.metrics.compensationRefused.Add(1)
+		return e.history(ctx, tx, in.ID, step.Name, KindCompensation, r.Attempt, EventRefused, r.Reason+" (will resend)", msgID)
+	}
+}
+
+// compensate moves the saga to the compensation of the newest step at or
+// below from that needs one, or ends it when none is left.
+func (e *Engine) compensate(ctx context.Context, tx pgx.Tx, def *Definition, in *Instance, from int, reason, causation string) error {
+	in.Reason = reason
+	for j := from; j >= 0; j-- {
+		if def.Steps[j].CompensationType == "" {
+			continue
+		}
+		firstCompensation := in.State == Running
+		in.State, in.Step, in.Attempt = Compensating, j, 1
+		if firstCompensation {
+			e.metrics.compensating.Add(1)
+		}
+		return e.advance(ctx, tx, def, in, KindCompensation, causation)
+	}
+	if in.State == Running {
+		// Nothing was done, so nothing is undone.
+		return e.finish(ctx, tx, def, in, Failed, reason)
+	}
+	return e.finish(ctx, tx, def, in, Compensated, reason)
+}
+
+// advance stores the saga's new step and attempt and sends the command.
+func (e *Engine) advance(ctx context.Context, tx pgx.Tx, def *Definition, in *Instance, kind Kind, causation string) error {
+	policy := def.Steps[in.Step].Retry
+	if kind == KindCompensation {
+		policy = def.Steps[in.Step].CompensationRetry
+	}
+	dl := time.Now().Add(policy.timeout(in.Attempt))
+	in.StepDeadline = &dl
+	if err := e.update(ctx, tx, in); err != nil {
+		return err
+	}
+	return e.send(ctx, tx, def, in, kind, causation)
+}
+
+// send writes the command of the saga's current step and attempt.
+func (e *Engine) send(ctx context.Context, tx pgx.Tx, def *Definition, in *Instance, kind Kind, causation string) error {
+	step := def.Steps[in.Step]
+	typ := step.ActionType
+	if kind == KindCompensation {
+		typ = step.CompensationType
+	}
+	payload, err := json.Marshal(Command{SagaID: in.ID, SagaType: in.Type, Step: step.Name, Kind: kind, Attempt: in.Attempt, Data: in.Data})
+	if err != nil {
+		return fmt.Errorf("encode %s command of saga %s: %w", typ, in.ID, err)
+	}
+	id, err := uuid.NewV7()
+	if err != nil {
+		return fmt.Errorf("new message id: %w", err)
+	}
+	m := outbox.Message{ID: id, Topic: step.Topic, Key: in.ID.String(), Payload: payload, Type: typ,
+		SchemaVersion: SchemaVersion, CorrelationID: in.ID.String(), CausationID: causation}
+	if err := e.outbox.Write(ctx, tx, m); err != nil {
+		return fmt.Errorf("send %s of saga %s: %w", typ, in.ID, err)
+	}
+	return e.history(ctx, tx, in.ID, step.Name, kind, in.Attempt, EventSent, typ, id)
+}
+
+// finish ends the saga in a terminal state and runs the definition's hook.
+func (e *Engine) finish(ctx context.Context, tx pgx.Tx, def *Definition, in *Instance, state State, reason string) error {
+	in.State, in.Reason, in.StepDeadline = state, reason, nil
+	if err := e.update(ctx, tx, in); err != nil {
+		return err
+	}
+	event := map[State]string{Completed: EventCompleted, Compensated: EventCompensated, Failed: EventFailed}[state]
+	if err := e.history(ctx, tx, in.ID, def.Steps[in.Step].Name, "", 0, event, reason, uuid.Nil); err != nil {
+		return err
+	}
+	hook := def.OnCancelled
+	if state == Completed {
+		hook = def.OnCompleted
+		e.metrics.completed.Add(1)
+	} else {
+		e.metrics.cancelled.Add(1)
+	}
+	if hook != nil {
+		if err := hook(ctx, tx, in); err != nil {
+			return fmt.Errorf("%s hook of saga %s: %w", state, in.ID, err)
+		}
+	}
+	return nil
+}
+
+func (e *Engine) update(ctx context.Context, tx pgx.Tx, in *Instance) error {
+	if _, err := tx.Exec(ctx, sqlUpdateInstance, in.ID, string(in.State), in.Step, in.Attempt, in.Completed, in.Reason, in.StepDeadline); err != nil {
+		return fmt.Errorf("update saga %s: %w", in.ID, err)
+	}
+	in.Version++
+	return nil
+}
+
+func (e *Engine) history(ctx context.Context, tx pgx.Tx, id uuid.UUID, step string, kind Kind, attempt int, event, reason string, msgID uuid.UUID) error {
+	var mid *uuid.UUID
+	if msgID != uuid.Nil {
+		mid = &msgID
+	}
+	if _, err := tx.Exec(ctx, sqlInsertHistory, id, step, string(kind), attempt, event, reason, mid); err != nil {
+		return fmt.Errorf("append history of saga %s: %w", id, err)
+	}
+	return nil
+}
+
+// SweepOnce handles up to limit sagas whose step deadline has passed, in one
+// transaction, and returns how many it handled. An overdue action is resent
+// with the next attempt until its attempts (or the saga's deadline) are
+// spent; then the step fails and the saga compensates, the failed step
+// included, because its action may yet arrive or may have happened unseen.
+// An overdue compensation is resent until its attempts are spent; then the
+// saga is stuck.
+func (e *Engine) SweepOnce(ctx context.Context, limit int) (int, error) {
+	tx, err := e.pool.Begin(ctx)
+	if err != nil {
+		return 0, fmt.Errorf("begin deadline sweep: %w", err)
+	}
+	defer tx.Rollback(context.WithoutCancel(ctx)) //nolint:errcheck // a no-op after Commit
+	rows, err := tx.Query(ctx, sqlOverdue, limit)
+	if err != nil {
+		return 0, fmt.Errorf("find overdue sagas: %w", err)
+	}
+	var due []*Instance
+	for rows.Next() {
+		in, err := scanInstance(rows)
+		if err != nil {
+			rows.Close()
+			return 0, fmt.Errorf("read overdue saga: %w", err)
+		}
+		due = append(due, in)
+	}
+	rows.Close()
+	if err := rows.Err(); err != nil {
+		return 0, fmt.Errorf("find overdue sagas: %w", err)
+	}
+	for _, in := range due {
+		if err := e.timeout(ctx, tx, in); err != nil {
+			return 0, err
+		}
+	}
+	if err := tx.Commit(ctx); err != nil {
+		return 0, fmt.Errorf("commit deadline sweep: %w", err)
+	}
+	return len(due), nil
+}
+
+func (e *Engine) timeout(ctx context.Context, tx pgx.Tx, in *Instance) error {
+	def, ok := e.defs[in.Type]
+	if !ok {
+		return nil // another orchestrator's saga type
+	}
+	step := def.Steps[in.Step]
+	e.metrics.timeouts.Add(1)
+	if in.State == Running {
+		spent := in.Attempt >= step.Retry.MaxAttempts
+		pastDeadline := time.Now().After(in.Deadline)
+		if !spent && !pastDeadline {
+			if err := e.history(ctx, tx, in.ID, step.Name, KindAction, in.Attempt, EventTimedOut, "resending", uuid.Nil); err != nil {
+				return err
+			}
+			in.Attempt++
+			return e.advance(ctx, tx, def, in, KindAction, "")
+		}
+		why := fmt.Sprintf("%s did not answer after %d attempt(s)", step.Name, in.Attempt)
+		if pastDeadline && !spent {
+			why = fmt.Sprintf("%s did not answer before the saga's deadline", step.Name)
+		}
+		if err := e.history(ctx, tx, in.ID, step.Name, KindAction, in.Attempt, EventTimedOut, why, uuid.Nil); err != nil {
+			return err
+		}
+		return e.compensate(ctx, tx, def, in, in.Step, why, "")
+	}
+	// Compensating.
+	if in.Attempt >= step.CompensationRetry.MaxAttempts {
+		in.State, in.StepDeadline = Stuck, nil
+		e.metrics.stuck.Add(1)
+		reason := fmt.Sprintf("compensation of %s unanswered after %d attempts (first failure: %s)", step.Name, in.Attempt, in.Reason)
+		if err := e.update(ctx, tx, in); err != nil {
+			return err
+		}
+		e.log.Error("saga stuck: a compensation keeps failing", "saga", in.ID, "step", step.Name, "attempts", in.Attempt)
+		return e.history(ctx, tx, in.ID, step.Name, KindCompensation, in.Attempt, EventStuck, reason, uuid.Nil)
+	}
+	if err := e.history(ctx, tx, in.ID, step.Name, KindCompensation, in.Attempt, EventTimedOut, "resending", uuid.Nil); err != nil {
+		return err
+	}
+	in.Attempt++
+	return e.advance(ctx, tx, def, in, KindCompensation, "")
+}
+
+// Retry resumes a stuck saga: its compensation is sent again with a fresh
+// set of attempts.
+func (e *Engine) Retry(ctx context.Context, id uuid.UUID) (*Instance, error) {
+	return e.operate(ctx, id, func(tx pgx.Tx, def *Definition, in *Instance) error {
+		if in.State != Stuck {
+			return fmt.Errorf("saga %s is %s, only a stuck saga can be retried: %w", id, in.State, ErrConflict)
+		}
+		if err := e.history(ctx, tx, in.ID, def.Steps[in.Step].Name, KindCompensation, in.Attempt, EventOperatorRetry, "", uuid.Nil); err != nil {
+			return err
+		}
+		in.State, in.Attempt = Compensating, 1
+		return e.advance(ctx, tx, def, in, KindCompensation, "")
+	})
+}
+
+// Resolve ends a stuck saga as compensated after an operator undid the
+// remaining steps by hand; note says what they did.
+func (e *Engine) Resolve(ctx context.Context, id uuid.UUID, note string) (*Instance, error) {
+	return e.operate(ctx, id, func(tx pgx.Tx, def *Definition, in *Instance) error {
+		if in.State != Stuck {
+			return fmt.Errorf("saga %s is %s, only a stuck saga can be resolved: %w", id, in.State, ErrConflict)
+		}
+		if err := e.history(ctx, tx, in.ID, def.Steps[in.Step].Name, KindCompensation, in.Attempt, EventOperatorResolved, note, uuid.Nil); err != nil {
+			return err
+		}
+		return e.finish(ctx, tx, def, in, Compensated, in.Reason)
+	})
+}
+
+// ErrNotFound and ErrConflict classify operator errors.
+var (
+	ErrNotFound = errors.New("not found")
+	ErrConflict = errors.New("conflict")
+)
+
+func (e *Engine) operate(ctx context.Context, id uuid.UUID, fn func(pgx.Tx, *Definition, *Instance) error) (*Instance, error) {
+	tx, err := e.pool.Begin(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("begin: %w", err)
+	}
+	defer tx.Rollback(context.WithoutCancel(ctx)) //nolint:errcheck // a no-op after Commit
+	in, err := scanInstance(tx.QueryRow(ctx, sqlLockInstance, id))
+	if errors.Is(err, pgx.ErrNoRows) {
+		return nil, fmt.Errorf("saga %s: %w", id, ErrNotFound)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("lock saga %s: %w", id, err)
+	}
+	def, ok := e.defs[in.Type]
+	if !ok {
+		return nil, fmt.Errorf("saga %s has unknown type %q", id, in.Type)
+	}
+	if err := fn(tx, def, in); err != nil {
+		return nil, err
+	}
+	if err := tx.Commit(ctx); err != nil {
+		return nil, fmt.Errorf("commit saga %s: %w", id, err)
+	}
+	return in, nil
+}

@@ -1,0 +1,50 @@
+package saga
+
+// The engine's SQL, all in one place. Tables: saga.instances, saga.history
+// (migrations/002_saga_orders_steps.sql).
+const (
+	sqlInsertInstance = `INSERT INTO saga.instances (id, type, state, step, attempt, data, step_deadline, deadline)
+VALUES ($1, $2, 'running', 0, 1, $3, $4, $5)`
+
+	sqlLockInstance = `SELECT id, type, state, step, attempt, completed, data, COALESCE(reason, ''), step_deadline, deadline, version,
+	created_at, updated_at, ended_at
+FROM saga.instances WHERE id = $1 FOR UPDATE`
+
+	sqlUpdateInstance = `UPDATE saga.instances
+SET state = $2, step = $3, attempt = $4, completed = $5, reason = NULLIF($6, ''), step_deadline = $7,
+	version = version + 1, updated_at = now(),
+	ended_at = CASE WHEN $2 IN ('completed', 'compensated', 'failed') THEN now() ELSE NULL END
+WHERE id = $1`
+
+	sqlInsertHistory = `INSERT INTO saga.history (saga_id, step, kind, attempt, event, reason, message_id)
+VALUES ($1, $2, $3, $4, $5, NULLIF($6, ''), $7)`
+
+	// sqlOverdue claims overdue sagas; SKIP LOCKED lets any number of
+	// orchestrators sweep at once, each taking different sagas, and never
+	// waits on a saga whose reply is being handled.
+	sqlOverdue = `SELECT id, type, state, step, attempt, completed, data, COALESCE(reason, ''), step_deadline, deadline, version,
+	created_at, updated_at, ended_at
+FROM saga.instances
+WHERE state IN ('running', 'compensating') AND step_deadline <= now()
+ORDER BY step_deadline
+LIMIT $1
+FOR UPDATE SKIP LOCKED`
+
+	sqlGetInstance = `SELECT id, type, state, step, attempt, completed, data, COALESCE(reason, ''), step_deadline, deadline, version,
+	created_at, updated_at, ended_at
+FROM saga.instances WHERE id = $1`
+
+	sqlHistory = `SELECT seq, step, kind, attempt, event, COALESCE(reason, ''), message_id, at
+FROM saga.history WHERE saga_id = $1 ORDER BY seq`
+
+	// sqlList pages through sagas by id (UUIDv7, so creation order); an
+	// empty state lists every state.
+	sqlList = `SELECT id, type, state, step, attempt, completed, data, COALESCE(reason, ''), step_deadline, deadline, version,
+	created_at, updated_at, ended_at
+FROM saga.instances
+WHERE ($1 = '' OR state = $1) AND ($2::uuid IS NULL OR id > $2)
+ORDER BY id
+LIMIT $3`
+
+	sqlCountByState = `SELECT state, count(*) FROM saga.instances GROUP BY state`
+)
