@@ -626,3 +626,67 @@ func waitFor(t *testing.T, what string, cond func() bool) {
 		time.Sleep(20 * time.Millisecond)
 	}
 }
+
+// Test 3: the broker stopped for 10 s in the middle of a stream and started
+// again on the same data: nothing lost, nothing applied twice, order kept.
+// It runs on a broker of its own (a real Apache Kafka broker under the
+// README's test command), so stopping it disturbs no other test.
+func TestBrokerOutage(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	e := setup(t)
+	broker := testenv.StartPrivateKafka(t)
+	e.kafka = broker.Config()
+	if err := e.kafka.EnsureTopics(ctx, e.topic, outbox.DeadLetterTopicOf(e.group)); err != nil {
+		t.Fatal(err)
+	}
+	c := e.consume(ctx, nil)
+	e.relay(ctx, nil, nil)
+	// A steady stream of writes (one every 2 ms over 30 keys) runs across
+	// the outage, until stop is closed.
+	stop := make(chan struct{})
+	var written atomic.Int64
+	writeErr := make(chan error, 1)
+	go func() {
+		tick := time.NewTicker(2 * time.Millisecond)
+		defer tick.Stop()
+		for i := 0; ; i++ {
+			select {
+			case <-stop:
+				writeErr <- nil
+				return
+			case <-tick.C:
+			}
+			if err := e.write(ctx, fmt.Sprintf("k%02d", i%30)); err != nil {
+				writeErr <- err
+				return
+			}
+			written.Add(1)
+		}
+	}()
+	e.waitEffects(ctx, 300)
+	broker.Stop()
+	stoppedAt := written.Load()
+	// The outage itself lasts 10 s: writers keep committing into the outbox
+	// meanwhile, and the relay keeps its rows until Kafka is back.
+	time.Sleep(10 * time.Second)
+	b, err := e.ob.Backlog(ctx, e.db.Pool)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if b.Rows == 0 || written.Load() == stoppedAt {
+		t.Fatalf("nothing waited in the outbox during the outage (%d rows, %d writes before, %d after)", b.Rows, stoppedAt, written.Load())
+	}
+	broker.Start()
+	restartedAt := written.Load()
+	waitFor(t, "writes after the restart", func() bool { return written.Load() > restartedAt+500 })
+	close(stop)
+	if err := <-writeErr; err != nil {
+		t.Fatal(err)
+	}
+	total := int(written.Load())
+	e.waitEffects(ctx, total)
+	waitFor(t, "outbox drained", func() bool { b, _ := e.ob.Backlog(ctx, e.db.Pool); return b.Rows == 0 })
+	e.checkExactlyOnce(ctx, total)
+	c.checkOrder(t)
+}
