@@ -2,7 +2,10 @@
 // services, migrations, operator queries, invariant checks and benchmarks.
 //
 //	sagaflow dev        everything on a private PostgreSQL and embedded Kafka
+//	sagaflow serve      run roles (api, orchestrator, participants, relay)
 //	sagaflow migrate    apply the database migrations
+//	sagaflow status ID  a saga and its history
+//	sagaflow verify     check the invariants
 //
 // Run `sagaflow help` for the full list.
 package main
@@ -29,7 +32,12 @@ type command struct {
 func commands() []command {
 	return []command{
 		{"dev", "run PostgreSQL (under ./.sagaflow), embedded Kafka and every service in one process", runDev},
+		{"serve", "run roles against DATABASE_URL and KAFKA_BROKERS: --role api|orchestrator|inventory|payment|shipping|relay|all", runServe},
 		{"migrate", "apply the database migrations (--database-url, default $DATABASE_URL)", runMigrate},
+		{"status", "show a saga (or an order's saga) and its history: status [--json] ID", runStatus},
+		{"sagas", "list sagas: --state STATE --limit N --after ID", runSagas},
+		{"verify", "check every invariant against the database; exit 1 when one is broken", runVerify},
+		{"chaos", "run failure scenarios (processes killed, brokers and PostgreSQL restarted …) and verify", runChaos},
 	}
 }
 

@@ -1,0 +1,177 @@
+package api
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net/http"
+	"reflect"
+
+	"github.com/google/uuid"
+
+	"github.com/sagaflow/sagaflow/order"
+)
+
+// Headers of POST /orders.
+const (
+	// HeaderIdempotencyKey names the client's key of a placement: the same
+	// key places one order however often it is sent.
+	HeaderIdempotencyKey = "Idempotency-Key"
+	// HeaderIdempotentReplayed is "true" on the answer to a replay.
+	HeaderIdempotentReplayed = "Idempotent-Replayed"
+	// MaxIdempotencyKeyLength bounds an Idempotency-Key (visible ASCII).
+	MaxIdempotencyKeyLength = 200
+)
+
+// PlaceResponse is the answer to POST /orders.
+type PlaceResponse struct {
+	OrderID uuid.UUID    `json:"order_id"`
+	SagaID  uuid.UUID    `json:"saga_id"`
+	Status  order.Status `json:"status"`
+	// StatusURL is the order (GET /orders/{id}), SagaURL its saga.
+	StatusURL string `json:"status_url"`
+	SagaURL   string `json:"saga_url"`
+}
+
+// Order is the answer to GET /orders/{id}: the order with a link to its
+// saga.
+type Order struct {
+	*order.Order
+	SagaURL string `json:"saga_url"`
+}
+
+// placeBody decodes order.PlaceRequest with an amount whose decoding errors
+// name their field (order.Money's errors do not say where they are).
+type placeBody struct {
+	order.PlaceRequest
+	Amount struct {
+		Value    money  `json:"value"`
+		Currency string `json:"currency"`
+	} `json:"amount"` // shadows PlaceRequest.Amount
+}
+
+func (b *placeBody) request() *order.PlaceRequest {
+	req := b.PlaceRequest
+	req.Amount = order.Amount{Value: order.Money(b.Amount.Value), Currency: b.Amount.Currency}
+	return &req
+}
+
+// money decodes like order.Money but fails with a *json.UnmarshalTypeError,
+// to which encoding/json adds the field's path.
+type money order.Money
+
+func (m *money) UnmarshalJSON(b []byte) error {
+	if string(b) == "null" {
+		return nil // like any other null: the zero value, which Validate refuses
+	}
+	if err := (*order.Money)(m).UnmarshalJSON(b); err != nil {
+		return &json.UnmarshalTypeError{Value: describeJSON(b), Type: reflect.TypeFor[money]()}
+	}
+	return nil
+}
+
+// describeJSON describes a JSON scalar for an error message.
+func describeJSON(b []byte) string {
+	s := string(b)
+	if len(s) > 40 {
+		s = s[:37] + "..."
+	}
+	if len(b) > 0 && b[0] == '"' {
+		return "string " + s
+	}
+	return "number " + s
+}
+
+func orderURL(id uuid.UUID) string { return "/orders/" + id.String() }
+func sagaURL(id uuid.UUID) string  { return "/sagas/" + id.String() }
+
+// idempotencyKey returns the request's Idempotency-Key.
+func idempotencyKey(r *http.Request) (string, error) {
+	values := r.Header.Values(HeaderIdempotencyKey)
+	bad := func(reason string) error {
+		return badRequest(HeaderIdempotencyKey, reason, "header "+HeaderIdempotencyKey+" "+reason)
+	}
+	switch {
+	case len(values) == 0:
+		return "", bad("is required: a unique key per order, such as a UUID, so that retrying the request cannot place it twice")
+	case len(values) > 1:
+		return "", bad("must be sent once")
+	}
+	key := values[0]
+	if len(key) == 0 || len(key) > MaxIdempotencyKeyLength {
+		return "", bad(fmt.Sprintf("must be 1 to %d characters long", MaxIdempotencyKeyLength))
+	}
+	for i := 0; i < len(key); i++ {
+		if key[i] < 0x21 || key[i] > 0x7e {
+			return "", bad("must consist of visible ASCII characters (no spaces)")
+		}
+	}
+	return key, nil
+}
+
+var placeRequestType = reflect.TypeFor[order.PlaceRequest]()
+
+// placeOrder is POST /orders.
+func (s *server) placeOrder(w http.ResponseWriter, r *http.Request) error {
+	key, err := idempotencyKey(r)
+	if err != nil {
+		return err
+	}
+	var body placeBody
+	if err := s.decodeJSON(w, r, &body, placeRequestType); err != nil {
+		return err
+	}
+	req := body.request()
+	if errs := req.Validate(); len(errs) > 0 {
+		detail := fmt.Sprintf("the order has %d invalid field(s): %s %s", len(errs), errs[0].Field, errs[0].Reason)
+		if len(errs) > 1 {
+			detail += " …"
+		}
+		return &Problem{Type: TypeValidation, Title: "Unprocessable Content", Status: http.StatusUnprocessableEntity,
+			Detail: detail, Errors: errs}
+	}
+	placed, err := s.cfg.Orders.Place(r.Context(), key, req)
+	if errors.Is(err, order.ErrIdempotencyConflict) {
+		return &Problem{Type: TypeIdempotencyConflict, Title: "Conflict", Status: http.StatusConflict,
+			Detail: "this Idempotency-Key was used for a different order; use a new key for a new order",
+			Errors: []order.FieldError{{Field: HeaderIdempotencyKey, Reason: "was used with a different request body"}}}
+	}
+	if err != nil {
+		return storeError(err)
+	}
+	resp := PlaceResponse{OrderID: placed.OrderID, SagaID: placed.SagaID, Status: placed.Status,
+		StatusURL: orderURL(placed.OrderID), SagaURL: sagaURL(placed.SagaID)}
+	w.Header().Set("Location", resp.StatusURL)
+	if placed.Replayed {
+		w.Header().Set(HeaderIdempotentReplayed, "true")
+	}
+	writeJSON(w, http.StatusAccepted, resp)
+	return nil
+}
+
+// pathID parses the {id} path parameter.
+func pathID(r *http.Request) (uuid.UUID, error) {
+	v := r.PathValue("id")
+	id, err := uuid.Parse(v)
+	if err != nil {
+		return uuid.Nil, badRequest("id", "must be a UUID", fmt.Sprintf("%q is not a UUID", v))
+	}
+	return id, nil
+}
+
+// getOrder is GET /orders/{id}.
+func (s *server) getOrder(w http.ResponseWriter, r *http.Request) error {
+	id, err := pathID(r)
+	if err != nil {
+		return err
+	}
+	o, err := order.Get(r.Context(), s.cfg.Pool, id)
+	if errors.Is(err, order.ErrNotFound) {
+		return notFound(fmt.Sprintf("no order has id %s", id))
+	}
+	if err != nil {
+		return storeError(err)
+	}
+	writeJSON(w, http.StatusOK, Order{Order: o, SagaURL: sagaURL(o.SagaID)})
+	return nil
+}

@@ -1,0 +1,369 @@
+package api
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net/http"
+	"reflect"
+	"strconv"
+	"strings"
+	"time"
+	"unicode/utf8"
+
+	"github.com/google/uuid"
+	"github.com/jackc/pgx/v5"
+
+	"github.com/sagaflow/sagaflow/order"
+	"github.com/sagaflow/sagaflow/saga"
+)
+
+// Limits of GET /sagas and of operator notes.
+const (
+	// DefaultListLimit is the page size of GET /sagas without limit=.
+	DefaultListLimit = 50
+	// MaxListLimit is the largest limit= of GET /sagas.
+	MaxListLimit = 500
+	// MaxNoteLength bounds the note of POST /sagas/{id}/resolve, in
+	// characters.
+	MaxNoteLength = 2000
+)
+
+// Step statuses in Saga.Steps, derived from the saga's history.
+const (
+	StepPending      = "pending"      // its action was never sent
+	StepRunning      = "running"      // its action was sent; the reply is awaited
+	StepSucceeded    = "succeeded"    // its action succeeded
+	StepRefused      = "refused"      // its action was refused (a business refusal)
+	StepTimedOut     = "timed_out"    // its action went unanswered and it has no compensation
+	StepCompensating = "compensating" // its compensation was sent; the reply is awaited
+	StepCompensated  = "compensated"  // its compensation succeeded
+	StepStuck        = "stuck"        // its compensation went unanswered past its attempts
+	StepResolved     = "resolved"     // an operator resolved the stuck compensation by hand
+)
+
+// Step is the latest status of one step of a saga.
+type Step struct {
+	Name   string `json:"name"`
+	Status string `json:"status"`
+	// Attempt, LastEvent, Reason and At are of the step's latest history
+	// entry (absent while pending).
+	Attempt   int        `json:"attempt,omitempty"`
+	LastEvent string     `json:"last_event,omitempty"`
+	Reason    string     `json:"reason,omitempty"`
+	At        *time.Time `json:"at,omitempty"`
+}
+
+// Saga is the answer to GET /sagas/{id} (and to the operator actions): the
+// instance, its steps and its whole history.
+type Saga struct {
+	*saga.Instance
+	// StepName names the step at index Step.
+	StepName string `json:"step_name,omitempty"`
+	// OrderID is the order whose saga this is (order sagas).
+	OrderID  *uuid.UUID          `json:"order_id,omitempty"`
+	URL      string              `json:"url"`
+	OrderURL string              `json:"order_url,omitempty"`
+	Steps    []Step              `json:"steps"`
+	History  []saga.HistoryEntry `json:"history"`
+}
+
+// SagaSummary is one saga in a list: the instance without its history.
+type SagaSummary struct {
+	*saga.Instance
+	StepName string `json:"step_name,omitempty"`
+	URL      string `json:"url"`
+}
+
+// SagaList is the answer to GET /sagas.
+type SagaList struct {
+	Sagas []SagaSummary `json:"sagas"`
+	// Next is the after= of the next page; empty on the last page.
+	Next string `json:"next"`
+}
+
+// orderSteps are the order saga's steps, in order (see the report: the
+// engine does not expose its definitions).
+var orderSteps = []string{order.StepInventory, order.StepPayment, order.StepShipping}
+
+// stepNames lists a saga's steps in order. The order saga's are known;
+// another type's are those its history has seen, in order of first
+// appearance (the engine does not expose definitions).
+func stepNames(typ string, history []saga.HistoryEntry) []string {
+	if typ == order.SagaType {
+		return orderSteps
+	}
+	var names []string
+	seen := map[string]bool{}
+	for _, h := range history {
+		if h.Step != "" && !seen[h.Step] {
+			seen[h.Step] = true
+			names = append(names, h.Step)
+		}
+	}
+	return names
+}
+
+func stepName(names []string, i int) string {
+	if i >= 0 && i < len(names) {
+		return names[i]
+	}
+	return ""
+}
+
+// stepStatuses derives each step's latest status from the history.
+func stepStatuses(names []string, history []saga.HistoryEntry) []Step {
+	steps := make([]Step, len(names))
+	index := map[string]int{}
+	for i, n := range names {
+		steps[i] = Step{Name: n, Status: StepPending}
+		index[n] = i
+	}
+	for _, h := range history {
+		i, ok := index[h.Step]
+		if !ok || h.Kind == "" || h.Event == saga.EventStaleReply {
+			continue // saga-level entries (started, completed …) and ignored replies
+		}
+		st := &steps[i]
+		compensation := h.Kind == string(saga.KindCompensation)
+		switch {
+		case h.Event == saga.EventStuck:
+			st.Status = StepStuck
+		case h.Event == saga.EventOperatorResolved:
+			st.Status = StepResolved
+		case compensation && h.Event == saga.EventSucceeded:
+			st.Status = StepCompensated
+		case compensation:
+			st.Status = StepCompensating // sent, refused or timed out: it is resent
+		case h.Event == saga.EventSent:
+			st.Status = StepRunning
+		case h.Event == saga.EventSucceeded:
+			st.Status = StepSucceeded
+		case h.Event == saga.EventRefused:
+			st.Status = StepRefused
+		case h.Event == saga.EventTimedOut:
+			st.Status = StepTimedOut // followed by a resend or a compensation, unless it has none
+		}
+		at := h.At
+		st.Attempt, st.LastEvent, st.Reason, st.At = h.Attempt, h.Event, h.Reason, &at
+	}
+	return steps
+}
+
+// readTx runs fn in a read-only snapshot, so that an instance and its
+// history agree.
+func (s *server) readTx(ctx context.Context, fn func(tx pgx.Tx) error) error {
+	tx, err := s.cfg.Pool.BeginTx(ctx, pgx.TxOptions{IsoLevel: pgx.RepeatableRead, AccessMode: pgx.ReadOnly})
+	if err != nil {
+		return fmt.Errorf("begin read: %w", err)
+	}
+	defer tx.Rollback(context.WithoutCancel(ctx)) //nolint:errcheck // read only
+	return fn(tx)
+}
+
+// errNoSaga is returned by sagaView when neither a saga nor an order has
+// the id.
+var errNoSaga = errors.New("no saga")
+
+// sagaView reads saga id, or the saga of order id.
+func (s *server) sagaView(ctx context.Context, id uuid.UUID) (*Saga, error) {
+	var v Saga
+	err := s.readTx(ctx, func(tx pgx.Tx) error {
+		in, err := saga.Get(ctx, tx, id)
+		if errors.Is(err, saga.ErrNotFound) {
+			o, oerr := order.Get(ctx, tx, id)
+			if errors.Is(oerr, order.ErrNotFound) {
+				return errNoSaga
+			}
+			if oerr != nil {
+				return oerr
+			}
+			in, err = saga.Get(ctx, tx, o.SagaID)
+		}
+		if err != nil {
+			return err
+		}
+		history, err := saga.History(ctx, tx, in.ID)
+		if err != nil {
+			return err
+		}
+		if history == nil {
+			history = []saga.HistoryEntry{}
+		}
+		names := stepNames(in.Type, history)
+		v = Saga{Instance: in, StepName: stepName(names, in.Step), URL: sagaURL(in.ID),
+			Steps: stepStatuses(names, history), History: history}
+		if in.Type == order.SagaType {
+			oid, err := order.OrderIDOfSaga(ctx, tx, in.ID)
+			switch {
+			case err == nil:
+				v.OrderID, v.OrderURL = &oid, orderURL(oid)
+			case !errors.Is(err, order.ErrNotFound):
+				return err
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	return &v, nil
+}
+
+// getSaga is GET /sagas/{id}; id may also be an order's.
+func (s *server) getSaga(w http.ResponseWriter, r *http.Request) error {
+	id, err := pathID(r)
+	if err != nil {
+		return err
+	}
+	v, err := s.sagaView(r.Context(), id)
+	if errors.Is(err, errNoSaga) {
+		return notFound(fmt.Sprintf("no saga or order has id %s", id))
+	}
+	if err != nil {
+		return storeError(err)
+	}
+	writeJSON(w, http.StatusOK, v)
+	return nil
+}
+
+var states = []saga.State{saga.Running, saga.Compensating, saga.Completed, saga.Compensated, saga.Failed, saga.Stuck}
+
+// listSagas is GET /sagas?state=&limit=&after=.
+func (s *server) listSagas(w http.ResponseWriter, r *http.Request) error {
+	q := r.URL.Query()
+	for name, vs := range q {
+		switch name {
+		case "state", "limit", "after":
+			if len(vs) > 1 {
+				return badRequest(name, "must be given once", fmt.Sprintf("query parameter %s is given %d times", name, len(vs)))
+			}
+		default:
+			return badRequest(name, "is not a known query parameter (state, limit, after)",
+				fmt.Sprintf("unknown query parameter %q; GET /sagas takes state, limit and after", name))
+		}
+	}
+	state := saga.State(q.Get("state"))
+	if state != "" && !state.Valid() {
+		names := make([]string, len(states))
+		for i, st := range states {
+			names[i] = string(st)
+		}
+		reason := "must be one of " + strings.Join(names, ", ")
+		return badRequest("state", reason, fmt.Sprintf("state %q is unknown: it %s", state, reason))
+	}
+	limit := DefaultListLimit
+	if v := q.Get("limit"); v != "" || q.Has("limit") {
+		n, err := strconv.Atoi(v)
+		if err != nil || n < 1 || n > MaxListLimit {
+			reason := fmt.Sprintf("must be a whole number from 1 to %d", MaxListLimit)
+			return badRequest("limit", reason, fmt.Sprintf("limit %q %s", v, reason))
+		}
+		limit = n
+	}
+	var after *uuid.UUID
+	if v := q.Get("after"); v != "" || q.Has("after") {
+		id, err := uuid.Parse(v)
+		if err != nil {
+			return badRequest("after", "must be the next cursor of the previous page (a saga id)", fmt.Sprintf("after %q is not a saga id", v))
+		}
+		after = &id
+	}
+	// One more than asked tells whether a next page exists.
+	list, err := saga.List(r.Context(), s.cfg.Pool, state, limit+1, after)
+	if err != nil {
+		return storeError(err)
+	}
+	out := SagaList{Sagas: []SagaSummary{}}
+	if len(list) > limit {
+		list = list[:limit]
+		out.Next = list[limit-1].ID.String()
+	}
+	for _, in := range list {
+		sum := SagaSummary{Instance: in, URL: sagaURL(in.ID)}
+		if in.Type == order.SagaType {
+			sum.StepName = stepName(orderSteps, in.Step)
+		}
+		out.Sagas = append(out.Sagas, sum)
+	}
+	writeJSON(w, http.StatusOK, out)
+	return nil
+}
+
+// ResolveRequest is the body of POST /sagas/{id}/resolve.
+type ResolveRequest struct {
+	// Note says what the operator did by hand to undo the saga's remaining
+	// steps; it is kept in the saga's history.
+	Note string `json:"note"`
+}
+
+// retrySaga is POST /sagas/{id}/retry.
+func (s *server) retrySaga(w http.ResponseWriter, r *http.Request) error {
+	return s.operate(w, r, func(ctx context.Context, id uuid.UUID) error {
+		_, err := s.cfg.Engine.Retry(ctx, id)
+		return err
+	})
+}
+
+// resolveSaga is POST /sagas/{id}/resolve.
+func (s *server) resolveSaga(w http.ResponseWriter, r *http.Request) error {
+	if _, err := pathID(r); err != nil {
+		return err
+	}
+	var req ResolveRequest
+	if err := s.decodeJSON(w, r, &req, reflect.TypeFor[ResolveRequest]()); err != nil {
+		return err
+	}
+	switch {
+	case strings.TrimSpace(req.Note) == "":
+		return &Problem{Type: TypeValidation, Title: "Unprocessable Content", Status: http.StatusUnprocessableEntity,
+			Detail: "note is required: say what was done by hand to undo the saga's remaining steps",
+			Errors: []order.FieldError{{Field: "note", Reason: "is required"}}}
+	case utf8.RuneCountInString(req.Note) > MaxNoteLength:
+		reason := fmt.Sprintf("is longer than %d characters", MaxNoteLength)
+		return &Problem{Type: TypeValidation, Title: "Unprocessable Content", Status: http.StatusUnprocessableEntity,
+			Detail: "note " + reason, Errors: []order.FieldError{{Field: "note", Reason: reason}}}
+	}
+	return s.operate(w, r, func(ctx context.Context, id uuid.UUID) error {
+		_, err := s.cfg.Engine.Resolve(ctx, id, req.Note)
+		return err
+	})
+}
+
+// operate runs an operator action on saga {id} (or the saga of order {id})
+// and answers the saga as it is afterwards.
+func (s *server) operate(w http.ResponseWriter, r *http.Request, action func(ctx context.Context, id uuid.UUID) error) error {
+	ctx := r.Context()
+	id, err := pathID(r)
+	if err != nil {
+		return err
+	}
+	sagaID := id
+	err = action(ctx, sagaID)
+	if errors.Is(err, saga.ErrNotFound) {
+		o, oerr := order.Get(ctx, s.cfg.Pool, id)
+		switch {
+		case errors.Is(oerr, order.ErrNotFound):
+			return notFound(fmt.Sprintf("no saga or order has id %s", id))
+		case oerr != nil:
+			return storeError(oerr)
+		}
+		sagaID = o.SagaID
+		err = action(ctx, sagaID)
+	}
+	switch {
+	case errors.Is(err, saga.ErrNotFound):
+		return notFound(fmt.Sprintf("no saga has id %s", sagaID))
+	case errors.Is(err, saga.ErrConflict):
+		return &Problem{Type: TypeConflict, Title: "Conflict", Status: http.StatusConflict,
+			Detail: strings.TrimSuffix(err.Error(), ": "+saga.ErrConflict.Error())}
+	case err != nil:
+		return storeError(err)
+	}
+	v, err := s.sagaView(ctx, sagaID)
+	if err != nil {
+		return storeError(err)
+	}
+	writeJSON(w, http.StatusOK, v)
+	return nil
+}

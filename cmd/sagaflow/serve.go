@@ -1,0 +1,184 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"strings"
+	"time"
+
+	"github.com/jackc/pgx/v5/pgxpool"
+
+	"github.com/sagaflow/sagaflow/internal/roles"
+	"github.com/sagaflow/sagaflow/kafkax"
+	"github.com/sagaflow/sagaflow/order"
+)
+
+// commonFlags are the connection flags every service command takes.
+type commonFlags struct {
+	databaseURL string
+	brokers     string
+	partitions  int
+	replication int
+	topicPrefix string
+}
+
+func (c *commonFlags) register(fs *flag.FlagSet) {
+	fs.StringVar(&c.databaseURL, "database-url", env("DATABASE_URL", ""), "PostgreSQL connection string (default $DATABASE_URL)")
+	fs.StringVar(&c.brokers, "kafka-brokers", env("KAFKA_BROKERS", ""), "Kafka bootstrap brokers, comma separated (default $KAFKA_BROKERS)")
+	fs.IntVar(&c.partitions, "partitions", kafkax.DefaultPartitions, "partitions of topics created at start-up")
+	fs.IntVar(&c.replication, "replication-factor", 1, "replication factor of topics created at start-up")
+	fs.StringVar(&c.topicPrefix, "topic-prefix", env("SAGAFLOW_TOPIC_PREFIX", ""), "prefix of every topic and consumer group name")
+}
+
+func (c *commonFlags) kafka(clientID string) kafkax.Config {
+	return kafkax.Config{Brokers: kafkax.ParseBrokers(c.brokers), Partitions: int32(c.partitions),
+		ReplicationFactor: int16(c.replication), ClientID: clientID}
+}
+
+func (c *commonFlags) topics() kafkax.Topics {
+	if c.topicPrefix == "" {
+		return kafkax.DefaultTopics()
+	}
+	return kafkax.PrefixedTopics(c.topicPrefix)
+}
+
+// pool opens a pool on the database, failing fast with one clear line.
+func (c *commonFlags) pool(ctx context.Context, maxConns int32) (*pgxpool.Pool, error) {
+	if c.databaseURL == "" {
+		return nil, errors.New("no database: set DATABASE_URL or pass --database-url postgres://user@host:port/db")
+	}
+	cfg, err := pgxpool.ParseConfig(c.databaseURL)
+	if err != nil {
+		return nil, fmt.Errorf("bad --database-url: %w", err)
+	}
+	if maxConns > 0 {
+		cfg.MaxConns = maxConns
+	}
+	cfg.ConnConfig.ConnectTimeout = 5 * time.Second
+	pool, err := pgxpool.NewWithConfig(ctx, cfg)
+	if err != nil {
+		return nil, fmt.Errorf("open database pool: %w", err)
+	}
+	pctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	if err := pool.Ping(pctx); err != nil {
+		pool.Close()
+		return nil, fmt.Errorf("database unreachable at %s: %w", redact(c.databaseURL), err)
+	}
+	return pool, nil
+}
+
+func redact(url string) string {
+	if at := strings.LastIndex(url, "@"); at > 0 {
+		if scheme := strings.Index(url, "://"); scheme > 0 && scheme < at {
+			return url[:scheme+3] + "…" + url[at:]
+		}
+	}
+	return url
+}
+
+// sagaFlags tune the order saga.
+type sagaFlags struct {
+	stepTimeout          time.Duration
+	attempts             int
+	compensationAttempts int
+	deadline             time.Duration
+}
+
+func (s *sagaFlags) register(fs *flag.FlagSet) {
+	fs.DurationVar(&s.stepTimeout, "step-timeout", 5*time.Second, "how long a step's first attempt waits for its reply")
+	fs.IntVar(&s.attempts, "attempts", 3, "attempts per step action before it fails")
+	fs.IntVar(&s.compensationAttempts, "compensation-attempts", 10, "attempts per compensation before the saga is stuck")
+	fs.DurationVar(&s.deadline, "saga-deadline", 5*time.Minute, "deadline of a whole saga")
+}
+
+func (s *sagaFlags) config() order.SagaConfig {
+	return order.SagaConfig{StepTimeout: s.stepTimeout, Attempts: s.attempts, CompensationAttempts: s.compensationAttempts, Deadline: s.deadline}
+}
+
+// injectFlags parse per-participant failure injection.
+func parseInject(specs []string) (map[string]string, error) {
+	out := map[string]string{}
+	for _, s := range specs {
+		for _, part := range strings.Split(s, ",") {
+			if part = strings.TrimSpace(part); part == "" {
+				continue
+			}
+			name, mode, ok := strings.Cut(part, ":")
+			if !ok || (name != roles.Inventory && name != roles.Payment && name != roles.Shipping) || mode == "" {
+				return nil, fmt.Errorf("bad --inject %q: want participant:mode, e.g. payment:refuse", part)
+			}
+			out[name] = mode
+		}
+	}
+	return out, nil
+}
+
+func runServe(ctx context.Context, args []string, stdout io.Writer) error {
+	fs := newFlags("serve")
+	var c commonFlags
+	c.register(fs)
+	var sf sagaFlags
+	sf.register(fs)
+	role := fs.String("role", "all", "role to run: api, orchestrator, inventory, payment, shipping, relay, or all (comma separated)")
+	httpAddr := fs.String("http", env("SAGAFLOW_HTTP", "127.0.0.1:8080"), "API listen address (role api)")
+	allowInjection := fs.Bool("allow-fault-injection", false, "let participants honour failure injection (order field inject, --inject); for tests and demos only")
+	inject := fs.String("inject", env("SAGAFLOW_INJECT", ""), "default failure injection, participant:mode[,…] (needs --allow-fault-injection)")
+	duplicate := fs.Bool("duplicate-relay", false, "publish every outbox row twice (test switch: proves the inboxes absorb duplicates)")
+	migrate := fs.Bool("migrate", false, "apply migrations before starting")
+	maxConns := fs.Int("db-max-conns", 16, "database pool size")
+	if err := parse(fs, args); err != nil {
+		return err
+	}
+	injected, err := parseInject([]string{*inject})
+	if err != nil {
+		return err
+	}
+	if len(injected) > 0 && !*allowInjection {
+		return errors.New("--inject needs --allow-fault-injection: failure injection is never on by accident")
+	}
+	if *migrate {
+		if err := runMigrate(ctx, []string{"--database-url", c.databaseURL}, stdout); err != nil {
+			return err
+		}
+	}
+	pool, err := c.pool(ctx, int32(*maxConns))
+	if err != nil {
+		return err
+	}
+	defer pool.Close()
+	kcfg := c.kafka("sagaflow-" + strings.ReplaceAll(*role, ",", "-"))
+	if err := kcfg.Ping(ctx); err != nil {
+		return err
+	}
+	stack, err := roles.New(roles.Config{
+		Pool: pool, Kafka: kcfg, Topics: c.topics(), Roles: strings.Split(*role, ","), HTTPAddr: *httpAddr,
+		Saga: sf.config(), AllowInjection: *allowInjection, Inject: injected, DuplicateRelay: *duplicate,
+		Crash: crash,
+	})
+	if err != nil {
+		return err
+	}
+	go func() {
+		select {
+		case <-stack.Ready():
+			fmt.Fprintf(stdout, "sagaflow serve: roles %s running (pid %d)\n", *role, os.Getpid())
+			if stack.Addr != "" {
+				fmt.Fprintf(stdout, "  API at http://%s\n", stack.Addr)
+			}
+		case <-ctx.Done():
+		}
+	}()
+	return stack.Run(ctx)
+}
+
+// crash ends the process at an injected crash point, as kill -9 would: no
+// deferred clean-up, no commit, no ack.
+func crash(point string) {
+	fmt.Fprintf(os.Stderr, "sagaflow: injected crash at %s\n", point)
+	os.Exit(3)
+}

@@ -1,0 +1,283 @@
+// Package roles assembles Sagaflow's services from its packages and runs
+// them: the order API, the orchestrator (reply consumer and deadline
+// sweeper), the three participants, and the outbox relay with inbox
+// retention. `sagaflow serve --role …` runs one role per process (several
+// instances of each may run); `sagaflow dev` and the tests run them all in
+// one process.
+package roles
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"slices"
+	"sync"
+	"time"
+
+	"github.com/ThreeDotsLabs/watermill"
+	"github.com/ThreeDotsLabs/watermill/message"
+	"github.com/jackc/pgx/v5/pgxpool"
+
+	"github.com/sagaflow/sagaflow/api"
+	"github.com/sagaflow/sagaflow/kafkax"
+	"github.com/sagaflow/sagaflow/order"
+	"github.com/sagaflow/sagaflow/outbox"
+	"github.com/sagaflow/sagaflow/saga"
+	"github.com/sagaflow/sagaflow/steps"
+)
+
+// The roles.
+const (
+	API          = "api"
+	Orchestrator = "orchestrator"
+	Inventory    = "inventory"
+	Payment      = "payment"
+	Shipping     = "shipping"
+	Relay        = "relay"
+	All          = "all"
+)
+
+// Names lists every role but All.
+var Names = []string{API, Orchestrator, Inventory, Payment, Shipping, Relay}
+
+// Config is what the roles need.
+type Config struct {
+	Pool   *pgxpool.Pool
+	Kafka  kafkax.Config
+	Topics kafkax.Topics
+	// Roles to run; All runs every one.
+	Roles []string
+	// HTTPAddr is where the API listens (role api).
+	HTTPAddr string
+	// Listener, when set, is used instead of listening on HTTPAddr.
+	Listener net.Listener
+	// Saga tunes the order saga's timeouts and attempts.
+	Saga order.SagaConfig
+	// AllowInjection lets participants honour failure injection (order
+	// field inject, and Inject); off unless switched on explicitly.
+	AllowInjection bool
+	// Inject is a default injection mode per participant.
+	Inject map[string]string
+	// Crash ends the process for crash-before/after-commit injection
+	// (default: exit).
+	Crash func(point string)
+	// DuplicateRelay makes the relay publish every row twice (a test switch).
+	DuplicateRelay bool
+	// SweepInterval of the deadline sweeper (default 250 ms).
+	SweepInterval time.Duration
+	// InboxRetention is how long inbox rows are kept (default 7 days).
+	InboxRetention time.Duration
+	Logger         *slog.Logger
+}
+
+// Stack is a set of running roles.
+type Stack struct {
+	cfg    Config
+	Engine *saga.Engine
+	Orders *order.Service
+	Relay  *outbox.Relay
+	// Addr is the API's address once it listens.
+	Addr string
+
+	ready chan struct{}
+}
+
+func (c *Config) has(role string) bool {
+	return slices.Contains(c.Roles, role) || slices.Contains(c.Roles, All)
+}
+
+// New builds the stack (nothing runs until Run).
+func New(cfg Config) (*Stack, error) {
+	for _, r := range cfg.Roles {
+		if r != All && !slices.Contains(Names, r) {
+			return nil, fmt.Errorf("unknown role %q (roles: %v or all)", r, Names)
+		}
+	}
+	if len(cfg.Roles) == 0 {
+		return nil, errors.New("no role to run")
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.Default()
+	}
+	if cfg.Topics.SagaReplies == "" {
+		cfg.Topics = kafkax.DefaultTopics()
+	}
+	cfg.Saga.Topics = cfg.Topics
+	engine, err := saga.NewEngine(cfg.Pool, cfg.Logger)
+	if err != nil {
+		return nil, err
+	}
+	orders := order.NewService(cfg.Pool, engine, cfg.Topics.OrderEvents)
+	if err := engine.Define(orders.NewDefinition(cfg.Saga)); err != nil {
+		return nil, err
+	}
+	return &Stack{cfg: cfg, Engine: engine, Orders: orders, ready: make(chan struct{})}, nil
+}
+
+// Ready is closed once every role started (the API listens, consumers
+// joined their groups' routers).
+func (s *Stack) Ready() <-chan struct{} { return s.ready }
+
+// Run runs the roles until ctx ends, then stops them and returns. It fails
+// fast when a role cannot start.
+func (s *Stack) Run(ctx context.Context) error {
+	cfg := s.cfg
+	log := cfg.Logger
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	if err := cfg.Kafka.EnsureTopics(ctx, cfg.Topics.All()...); err != nil {
+		return err
+	}
+	wlog := watermill.NewSlogLoggerWithLevelMapping(log, map[slog.Level]slog.Level{slog.LevelInfo: slog.LevelDebug})
+
+	var wg sync.WaitGroup
+	errs := make(chan error, 8)
+	goRun := func(name string, fn func(context.Context) error) {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if err := fn(ctx); err != nil && ctx.Err() == nil {
+				errs <- fmt.Errorf("%s: %w", name, err)
+				cancel()
+			}
+		}()
+	}
+	var closers []func()
+	defer func() {
+		for _, c := range closers {
+			c()
+		}
+	}()
+
+	// Consumers: one watermill router for every consumer role.
+	var router *message.Router
+	consumerRoles := []string{}
+	for _, r := range []string{Orchestrator, Inventory, Payment, Shipping} {
+		if cfg.has(r) {
+			consumerRoles = append(consumerRoles, r)
+		}
+	}
+	if len(consumerRoles) > 0 {
+		var err error
+		router, err = message.NewRouter(message.RouterConfig{CloseTimeout: 15 * time.Second}, wlog)
+		if err != nil {
+			return fmt.Errorf("create router: %w", err)
+		}
+		dlq, err := cfg.Kafka.NewPublisher(wlog)
+		if err != nil {
+			return err
+		}
+		closers = append(closers, func() { _ = dlq.Close() })
+		for _, r := range consumerRoles {
+			sub, err := cfg.Kafka.NewSubscriber(cfg.Topics.Group(r), wlog)
+			if err != nil {
+				return err
+			}
+			closers = append(closers, func() { _ = sub.Close() })
+			if err := s.register(router, r, sub, dlq); err != nil {
+				return err
+			}
+		}
+		goRun("consumers", router.Run)
+	}
+	if cfg.has(Orchestrator) {
+		goRun("deadline sweeper", func(ctx context.Context) error {
+			return s.Engine.RunSweeper(ctx, cfg.SweepInterval, 100)
+		})
+	}
+	if cfg.has(Relay) {
+		producer, err := cfg.Kafka.NewSyncProducer()
+		if err != nil {
+			return err
+		}
+		closers = append(closers, func() { _ = producer.Close() })
+		schemas := []string{"orders", "saga", "inventory", "payment", "shipping"}
+		var obs []*outbox.Outbox
+		for _, sc := range schemas {
+			obs = append(obs, outbox.New(sc))
+		}
+		relay, err := outbox.NewRelay(outbox.RelayConfig{Pool: cfg.Pool, Outboxes: obs, Producer: producer,
+			DuplicateEach: cfg.DuplicateRelay, Logger: log})
+		if err != nil {
+			return err
+		}
+		s.Relay = relay
+		goRun("relay", relay.Run)
+		retention := outbox.NewRetention(outbox.RetentionConfig{Pool: cfg.Pool, Schemas: schemas, Window: cfg.InboxRetention, Logger: log})
+		goRun("inbox retention", retention.Run)
+	}
+	if cfg.has(API) {
+		ln := cfg.Listener
+		if ln == nil {
+			var err error
+			ln, err = net.Listen("tcp", cfg.HTTPAddr)
+			if err != nil {
+				return fmt.Errorf("listen on %s (is the port in use? choose another with --http): %w", cfg.HTTPAddr, err)
+			}
+		}
+		s.Addr = ln.Addr().String()
+		srv := &http.Server{
+			Handler: api.New(api.Config{Pool: cfg.Pool, Orders: s.Orders, Engine: s.Engine, Logger: log,
+				Ready: func(ctx context.Context) error { return cfg.Kafka.Ping(ctx) }}),
+			ReadHeaderTimeout: 5 * time.Second,
+		}
+		goRun("api", func(ctx context.Context) error {
+			go func() {
+				<-ctx.Done()
+				sctx, c := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+				defer c()
+				_ = srv.Shutdown(sctx)
+			}()
+			if err := srv.Serve(ln); !errors.Is(err, http.ErrServerClosed) {
+				return err
+			}
+			return nil
+		})
+	}
+	if router != nil {
+		select {
+		case <-router.Running():
+		case <-ctx.Done():
+		}
+	}
+	close(s.ready)
+	log.Info("sagaflow roles running", "roles", cfg.Roles, "api", s.Addr)
+
+	<-ctx.Done()
+	wg.Wait()
+	close(errs)
+	var all []error
+	for err := range errs {
+		all = append(all, err)
+	}
+	return errors.Join(all...)
+}
+
+func (s *Stack) register(router *message.Router, role string, sub message.Subscriber, dlq message.Publisher) error {
+	cfg := s.cfg
+	if role == Orchestrator {
+		return s.Engine.Register(router, saga.OrchestratorConfig{
+			Group: cfg.Topics.Group(Orchestrator), RepliesTopic: cfg.Topics.SagaReplies, Subscriber: sub,
+			DeadLetter: dlq, DeadLetterTopic: cfg.Topics.DeadLetter(Orchestrator), Logger: cfg.Logger,
+		})
+	}
+	scfg := steps.Config{Pool: cfg.Pool, Topics: cfg.Topics, AllowInjection: cfg.AllowInjection,
+		Inject: cfg.Inject[role], Crash: cfg.Crash, Logger: cfg.Logger}
+	var p *steps.Participant
+	var err error
+	switch role {
+	case Inventory:
+		p, err = steps.NewInventory(scfg)
+	case Payment:
+		p, err = steps.NewPayment(scfg)
+	case Shipping:
+		p, err = steps.NewShipping(scfg)
+	}
+	if err != nil {
+		return err
+	}
+	return p.Register(router, sub, dlq)
+}

@@ -1,0 +1,186 @@
+package steps
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"math"
+	"slices"
+	"strings"
+
+	"github.com/google/uuid"
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
+
+	"github.com/sagaflow/sagaflow/order"
+)
+
+// NewInventory returns the inventory participant: its action
+// (order.TypeReserve) reserves every item of the order or none, refusing
+// with "unknown SKU x" or "out of stock: SKU x"; its compensation
+// (order.TypeRelease) puts the reserved units back.
+func NewInventory(cfg Config) (*Participant, error) {
+	return newParticipant(order.StepInventory, cfg.Topics.InventoryCommands, order.TypeReserve, order.TypeRelease, inventory{}, cfg)
+}
+
+type inventory struct{}
+
+// lines merges an order's items by SKU (quantities add up) in SKU order, the
+// order stock rows are locked in.
+func lines(items []order.Item) (skus []string, qty []int32) {
+	sum := map[string]int64{}
+	for _, it := range items {
+		sum[it.SKU] += int64(it.Quantity)
+	}
+	skus = make([]string, 0, len(sum))
+	for s := range sum {
+		skus = append(skus, s)
+	}
+	slices.Sort(skus)
+	qty = make([]int32, len(skus))
+	for i, s := range skus {
+		qty[i] = int32(sum[s])
+	}
+	return skus, qty
+}
+
+func (inventory) validate(d *order.Data) error {
+	if len(d.Items) == 0 {
+		return errors.New("no items")
+	}
+	sum := map[string]int64{}
+	for i, it := range d.Items {
+		if strings.TrimSpace(it.SKU) == "" {
+			return fmt.Errorf("items[%d]: empty sku", i)
+		}
+		if it.Quantity < 1 {
+			return fmt.Errorf("items[%d] (SKU %s): quantity %d, want at least 1", i, it.SKU, it.Quantity)
+		}
+		sum[it.SKU] += int64(it.Quantity)
+		if sum[it.SKU] > math.MaxInt32 {
+			return fmt.Errorf("items[%d] (SKU %s): quantity too large", i, it.SKU)
+		}
+	}
+	return nil
+}
+
+func (inventory) apply(ctx context.Context, tx pgx.Tx, sagaID uuid.UUID, d *order.Data) (string, error) {
+	skus, qty := lines(d.Items)
+	// Lock the stock rows in SKU order, so that two reservations of the
+	// same SKUs queue instead of deadlocking.
+	rows, err := tx.Query(ctx, `SELECT sku, available FROM inventory.stock WHERE sku = ANY($1) ORDER BY sku FOR UPDATE`, skus)
+	if err != nil {
+		return "", fmt.Errorf("lock stock: %w", err)
+	}
+	available := make(map[string]int32, len(skus))
+	var (
+		sku string
+		n   int32
+	)
+	_, err = pgx.ForEachRow(rows, []any{&sku, &n}, func() error {
+		available[sku] = n
+		return nil
+	})
+	if err != nil {
+		return "", fmt.Errorf("lock stock: %w", err)
+	}
+	for i, s := range skus {
+		a, ok := available[s]
+		if !ok {
+			return "unknown SKU " + s, nil
+		}
+		if a < qty[i] {
+			return "out of stock: SKU " + s, nil
+		}
+	}
+	tag, err := tx.Exec(ctx, `UPDATE inventory.stock AS s SET available = s.available - u.q
+		FROM unnest($1::text[], $2::int[]) AS u(sku, q)
+		WHERE s.sku = u.sku AND s.available >= u.q`, skus, qty)
+	if err != nil {
+		return "", fmt.Errorf("take stock: %w", err)
+	}
+	if tag.RowsAffected() != int64(len(skus)) {
+		return "", fmt.Errorf("took stock of %d SKUs, want %d", tag.RowsAffected(), len(skus))
+	}
+	if _, err := tx.Exec(ctx, `INSERT INTO inventory.reservations (saga_id, sku, quantity)
+		SELECT $1, u.sku, u.q FROM unnest($2::text[], $3::int[]) AS u(sku, q)`, sagaID, skus, qty); err != nil {
+		return "", fmt.Errorf("record reservation: %w", err)
+	}
+	return "", nil
+}
+
+func (inventory) undo(ctx context.Context, tx pgx.Tx, sagaID uuid.UUID) error {
+	rows, err := tx.Query(ctx, `UPDATE inventory.reservations SET released_at = now()
+		WHERE saga_id = $1 AND released_at IS NULL RETURNING sku, quantity`, sagaID)
+	if err != nil {
+		return fmt.Errorf("release reservation: %w", err)
+	}
+	type line struct {
+		sku string
+		q   int32
+	}
+	var ls []line
+	var l line
+	if _, err := pgx.ForEachRow(rows, []any{&l.sku, &l.q}, func() error {
+		ls = append(ls, l)
+		return nil
+	}); err != nil {
+		return fmt.Errorf("release reservation: %w", err)
+	}
+	if len(ls) == 0 {
+		return nil
+	}
+	slices.SortFunc(ls, func(a, b line) int { return strings.Compare(a.sku, b.sku) })
+	skus := make([]string, len(ls))
+	qty := make([]int32, len(ls))
+	for i, l := range ls {
+		skus[i], qty[i] = l.sku, l.q
+	}
+	// Lock in SKU order, as reservations do.
+	if _, err := tx.Exec(ctx, `SELECT 1 FROM inventory.stock WHERE sku = ANY($1) ORDER BY sku FOR UPDATE`, skus); err != nil {
+		return fmt.Errorf("lock stock: %w", err)
+	}
+	if _, err := tx.Exec(ctx, `UPDATE inventory.stock AS s SET available = s.available + u.q
+		FROM unnest($1::text[], $2::int[]) AS u(sku, q) WHERE s.sku = u.sku`, skus, qty); err != nil {
+		return fmt.Errorf("return stock: %w", err)
+	}
+	return nil
+}
+
+// DB is what SeedStock writes through: a pool, a connection or a
+// transaction.
+type DB interface {
+	Exec(ctx context.Context, sql string, args ...any) (pgconn.CommandTag, error)
+}
+
+// SeedStock sets the available units of SKUs, adding the SKUs that do not
+// exist yet, for the demo and tests. A SKU's initial units become its
+// available units plus those its live reservations hold, so that
+// `sagaflow verify`'s stock invariant holds. Run it while no order is in
+// flight.
+func SeedStock(ctx context.Context, db DB, stock map[string]int) error {
+	skus := make([]string, 0, len(stock))
+	for s, n := range stock {
+		if strings.TrimSpace(s) == "" {
+			return errors.New("seed stock: empty SKU")
+		}
+		if n < 0 || n > math.MaxInt32 {
+			return fmt.Errorf("seed stock: SKU %s: %d units, want 0 to %d", s, n, math.MaxInt32)
+		}
+		skus = append(skus, s)
+	}
+	slices.Sort(skus)
+	units := make([]int32, len(skus))
+	for i, s := range skus {
+		units[i] = int32(stock[s])
+	}
+	if _, err := db.Exec(ctx, `INSERT INTO inventory.stock AS s (sku, available, initial)
+		SELECT u.sku, u.n, u.n + COALESCE((SELECT sum(r.quantity) FROM inventory.reservations r
+			WHERE r.sku = u.sku AND r.released_at IS NULL), 0)
+		FROM unnest($1::text[], $2::int[]) AS u(sku, n)
+		ORDER BY u.sku
+		ON CONFLICT (sku) DO UPDATE SET available = EXCLUDED.available, initial = EXCLUDED.initial`, skus, units); err != nil {
+		return fmt.Errorf("seed stock of %d SKUs: %w", len(skus), err)
+	}
+	return nil
+}

@@ -1,0 +1,540 @@
+// Package steps holds the order saga's participants: inventory (reserve and
+// release stock), payment (charge and refund) and shipping (ship and cancel a
+// shipment).
+//
+// Each participant consumes its command topic behind an inbox (package
+// outbox), so a message redelivered by Kafka changes nothing, and keeps one
+// row per (saga, step) in its schema's steps table that makes every order of
+// action and compensation safe:
+//
+//	command       steps row     effect                   new row       reply
+//	action        none          apply                    done          Succeeded
+//	action        none          business refusal         refused       Refused, reason
+//	action        done          none (resend)            done          Succeeded
+//	action        refused       none                     refused       Refused, recorded reason
+//	action        compensated   none (late action)       compensated   Refused, "already compensated"
+//	action        tombstone     none (late action)       tombstone     Refused, "compensated before the action arrived"
+//	compensation  done          undo                     compensated   Succeeded
+//	compensation  refused       none (nothing to undo)   refused       Succeeded
+//	compensation  compensated   none (repeat)            compensated   Succeeded
+//	compensation  tombstone     none (repeat)            tombstone     Succeeded
+//	compensation  none          none (action not seen)   tombstone     Succeeded
+//
+// The row is locked first (a transaction-scoped advisory lock on the saga and
+// step, then SELECT … FOR UPDATE), so concurrent deliveries of one saga's
+// commands serialise. The effect, the row, the reply in the participant's
+// outbox and the inbox claim commit in one transaction.
+//
+// A fault (bad payload, database error, injected error) is never a reply: the
+// handler returns an error, which is retried and then dead-lettered.
+//
+// Participants can misbehave on purpose for tests and demos (Config.Inject
+// and order.Data.Inject), but only when Config.AllowInjection is set; see
+// CheckInjection for the modes.
+package steps
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"sync"
+	"time"
+
+	"github.com/ThreeDotsLabs/watermill/message"
+	"github.com/google/uuid"
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
+
+	"github.com/sagaflow/sagaflow/kafkax"
+	"github.com/sagaflow/sagaflow/order"
+	"github.com/sagaflow/sagaflow/outbox"
+	"github.com/sagaflow/sagaflow/saga"
+)
+
+// Reasons of the refusals the framework itself gives (participants add
+// their business reasons, such as "out of stock: SKU x").
+const (
+	// ReasonCompensatedFirst refuses an action whose compensation arrived
+	// before it (the step had timed out): it has no effect.
+	ReasonCompensatedFirst = "compensated before the action arrived"
+	// ReasonAlreadyCompensated refuses an action resent after its effect
+	// was applied and undone.
+	ReasonAlreadyCompensated = "already compensated"
+	// ReasonInjected is the reason of an injected refusal.
+	ReasonInjected = "injected refusal"
+)
+
+// Status values of a steps row.
+const (
+	statusDone        = "done"
+	statusRefused     = "refused"
+	statusCompensated = "compensated"
+	statusTombstone   = "tombstone"
+)
+
+// Config configures a participant. Pool and Topics are required; everything
+// else has a default.
+type Config struct {
+	// Pool connects to the database holding the participant's schema.
+	Pool *pgxpool.Pool
+	// Topics names the command topic, the replies topic, the consumer
+	// group and its dead-letter topic.
+	Topics kafkax.Topics
+
+	// AllowInjection switches fault injection on (tests, `sagaflow dev`,
+	// `serve --allow-fault-injection`). When it is false, Inject and
+	// order.Data.Inject are ignored (with one warning in the log).
+	AllowInjection bool
+	// Inject is the injection mode of every command of this participant
+	// that does not name its own in order.Data.Inject (see CheckInjection).
+	Inject string
+	// Crash is called at an injected crash point (CrashBeforeCommit or
+	// CrashAfterCommit). The default logs and exits the process with
+	// status 3. A test passes one that records the point (or panics); when
+	// it returns at CrashBeforeCommit, the handler returns an error so the
+	// transaction rolls back as if the process had died.
+	Crash func(point string)
+	// Logger logs refusals, injections and faults (default slog.Default()).
+	Logger *slog.Logger
+
+	// MaxRetries, RetryInterval and MaxRetryInterval bound the retries of a
+	// failing command before it is dead-lettered (outbox.ConsumerConfig's
+	// defaults when zero).
+	MaxRetries       int
+	RetryInterval    time.Duration
+	MaxRetryInterval time.Duration
+
+	// ChargeLimitCents (payment) declines a charge above it, in the
+	// order's currency (zero means DefaultChargeLimitCents);
+	// CustomerLimits overrides it per customer id (there zero declines
+	// every charge).
+	ChargeLimitCents int64
+	CustomerLimits   map[string]int64
+	// BlockedCountries (shipping) are ISO country codes not shipped to.
+	// Nil means DefaultBlockedCountries; an empty non-nil slice blocks none.
+	BlockedCountries []string
+}
+
+// effect is what a participant does to its own tables.
+type effect interface {
+	// validate checks an action's data; its error makes the command
+	// permanent (dead-lettered).
+	validate(d *order.Data) error
+	// apply runs the action's effect in tx (a savepoint). A non-empty
+	// refusal is a business refusal: the savepoint is rolled back.
+	apply(ctx context.Context, tx pgx.Tx, sagaID uuid.UUID, d *order.Data) (refusal string, err error)
+	// undo reverses the effect apply made for the saga.
+	undo(ctx context.Context, tx pgx.Tx, sagaID uuid.UUID) error
+}
+
+// Participant is one participant of the order saga: it handles the action
+// and compensation commands of its step.
+type Participant struct {
+	name             string
+	topic            string
+	actionType       string
+	compensationType string
+	fx               effect
+	cfg              Config
+	log              *slog.Logger
+	out              *outbox.Outbox
+	inbox            *outbox.Inbox
+	def              mode // cfg.Inject parsed
+	q                stepQueries
+
+	warnOnce sync.Once
+}
+
+func newParticipant(name, topic, actionType, compensationType string, fx effect, cfg Config) (*Participant, error) {
+	if cfg.Pool == nil {
+		return nil, fmt.Errorf("%s participant: no database pool", name)
+	}
+	if topic == "" || cfg.Topics.SagaReplies == "" {
+		return nil, fmt.Errorf("%s participant: its command topic and the replies topic must be named (kafkax.DefaultTopics)", name)
+	}
+	def, err := parseMode(cfg.Inject)
+	if err != nil {
+		return nil, fmt.Errorf("%s participant: %w", name, err)
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.Default()
+	}
+	p := &Participant{
+		name:             name,
+		topic:            topic,
+		actionType:       actionType,
+		compensationType: compensationType,
+		fx:               fx,
+		cfg:              cfg,
+		log:              cfg.Logger.With("participant", name),
+		out:              outbox.New(name),
+		inbox:            outbox.NewInbox(cfg.Pool, name, cfg.Topics.Group(name)),
+		def:              def,
+		q:                newStepQueries(name),
+	}
+	if p.cfg.Crash == nil {
+		p.cfg.Crash = func(point string) {
+			p.log.Error("injected crash: exiting", "point", point)
+			os.Exit(3)
+		}
+	}
+	if def.kind != modeNone && !cfg.AllowInjection {
+		p.warnOnce.Do(func() {
+			p.log.Warn("fault injection is not allowed: ignoring it", "inject", cfg.Inject)
+		})
+	}
+	return p, nil
+}
+
+// Name is the participant's name, which is also its step's name and its
+// schema: "inventory", "payment" or "shipping".
+func (p *Participant) Name() string { return p.name }
+
+// Schema is the PostgreSQL schema holding the participant's tables, outbox
+// and inbox.
+func (p *Participant) Schema() string { return p.name }
+
+// Topic is the command topic the participant consumes.
+func (p *Participant) Topic() string { return p.topic }
+
+// Group is the participant's consumer group (also its inbox consumer name).
+func (p *Participant) Group() string { return p.cfg.Topics.Group(p.name) }
+
+// DeadLetterTopic is where commands that failed for good go.
+func (p *Participant) DeadLetterTopic() string { return p.cfg.Topics.DeadLetter(p.name) }
+
+// Outbox is the participant's outbox, where its replies are written; the
+// relay drains it.
+func (p *Participant) Outbox() *outbox.Outbox { return p.out }
+
+// Inbox is the participant's inbox (consumer Group() in its schema), which
+// Register uses; its counters tell how many commands were applied and how
+// many redeliveries were skipped.
+func (p *Participant) Inbox() *outbox.Inbox { return p.inbox }
+
+// Types are the message types the participant accepts: its action's and
+// its compensation's.
+func (p *Participant) Types() (action, compensation string) {
+	return p.actionType, p.compensationType
+}
+
+// Register adds the participant's consumer to router: it consumes Topic()
+// with sub (which must be subscribed in consumer group Group()), behind the
+// inbox, with bounded retries, and publishes commands that failed for good
+// to DeadLetterTopic() with deadLetter. With fault injection allowed it also
+// installs the after-commit crash point.
+func (p *Participant) Register(router *message.Router, sub message.Subscriber, deadLetter message.Publisher) error {
+	if router == nil || sub == nil || deadLetter == nil {
+		return fmt.Errorf("register %s participant: router, subscriber and dead-letter publisher are required", p.name)
+	}
+	var after func(*message.Message)
+	if p.cfg.AllowInjection {
+		after = p.AfterCommit
+	}
+	return outbox.AddConsumer(router, outbox.ConsumerConfig{
+		Name:             p.Group(),
+		Topic:            p.topic,
+		Subscriber:       sub,
+		Inbox:            p.inbox,
+		Handler:          p.Handle,
+		DeadLetter:       deadLetter,
+		DeadLetterTopic:  p.DeadLetterTopic(),
+		MaxRetries:       p.cfg.MaxRetries,
+		RetryInterval:    p.cfg.RetryInterval,
+		MaxRetryInterval: p.cfg.MaxRetryInterval,
+		AfterCommit:      after,
+		Logger:           p.cfg.Logger,
+	})
+}
+
+// Handle applies one command inside tx (an outbox.Handler): it checks the
+// message, locks the saga's steps row, applies or undoes the effect as the
+// package documentation's table says, and writes the reply to the outbox.
+// Errors for a message that no retry can fix are outbox.Permanent.
+func (p *Participant) Handle(ctx context.Context, tx pgx.Tx, msg *message.Message) error {
+	cmd, data, err := p.decode(msg)
+	if err != nil {
+		return err
+	}
+	log := p.log.With("saga_id", cmd.SagaID, "kind", cmd.Kind, "attempt", cmd.Attempt, "message_id", msg.UUID)
+	m := p.injection(cmd.Kind, &data)
+	switch m.kind {
+	case modeError:
+		log.Warn("injected fault")
+		return fmt.Errorf("%s %s of saga %s: injected fault", p.name, cmd.Kind, cmd.SagaID)
+	case modeDrop:
+		log.Warn("injected drop: the command is consumed without effect or reply")
+		return nil
+	case modeDelay:
+		log.Warn("injected delay", "delay", m.delay)
+		t := time.NewTimer(m.delay)
+		select {
+		case <-t.C:
+		case <-ctx.Done():
+			t.Stop()
+			return fmt.Errorf("%s %s of saga %s: injected delay interrupted: %w", p.name, cmd.Kind, cmd.SagaID, ctx.Err())
+		}
+	}
+
+	var (
+		outcome saga.Outcome
+		reason  string
+	)
+	if cmd.Kind == saga.KindAction {
+		outcome, reason, err = p.action(ctx, tx, cmd, &data, m.kind == modeRefuse)
+	} else {
+		outcome, reason, err = p.compensate(ctx, tx, cmd, m.kind == modeRefuse)
+	}
+	if err != nil {
+		return fmt.Errorf("%s %s of saga %s: %w", p.name, cmd.Kind, cmd.SagaID, err)
+	}
+	reply, err := saga.NewReply(p.cfg.Topics.SagaReplies, cmd, msg.UUID, outcome, reason)
+	if err != nil {
+		return err
+	}
+	if err := p.out.Write(ctx, tx, reply); err != nil {
+		return err
+	}
+	if outcome == saga.Refused {
+		log.Info("refused", "reason", reason)
+	} else {
+		log.Debug("succeeded")
+	}
+
+	if m.kind == modeCrashBeforeCommit {
+		first, err := p.firstCrash(ctx, CrashBeforeCommit, msg.UUID)
+		if err != nil {
+			return err
+		}
+		if first {
+			log.Warn("injected crash before commit")
+			p.cfg.Crash(CrashBeforeCommit)
+			return fmt.Errorf("%s %s of saga %s: injected crash before commit (the transaction rolls back)", p.name, cmd.Kind, cmd.SagaID)
+		}
+	}
+	return nil
+}
+
+// AfterCommit is the consumer's after-commit hook: it runs the injected
+// crash-after-commit point (the transaction committed, the message is not
+// acknowledged yet, so Kafka delivers it again and the inbox skips it).
+// Register installs it when injection is allowed.
+func (p *Participant) AfterCommit(msg *message.Message) {
+	if !p.cfg.AllowInjection {
+		return
+	}
+	cmd, data, err := p.decode(msg)
+	if err != nil {
+		return
+	}
+	if p.injection(cmd.Kind, &data).kind != modeCrashAfterCommit {
+		return
+	}
+	first, err := p.firstCrash(context.WithoutCancel(msg.Context()), CrashAfterCommit, msg.UUID)
+	if err != nil {
+		p.log.Error("injected crash after commit skipped", "message_id", msg.UUID, "err", err)
+		return
+	}
+	if first {
+		p.log.Warn("injected crash after commit", "saga_id", cmd.SagaID, "kind", cmd.Kind, "message_id", msg.UUID)
+		p.cfg.Crash(CrashAfterCommit)
+	}
+}
+
+// decode checks the message's type against this participant and decodes the
+// command and its data. All its errors are permanent.
+func (p *Participant) decode(msg *message.Message) (saga.Command, order.Data, error) {
+	var d order.Data
+	cmd, err := saga.DecodeCommand(msg)
+	if err != nil {
+		return cmd, d, err
+	}
+	var want saga.Kind
+	switch typ := msg.Metadata.Get(outbox.HeaderType); typ {
+	case p.actionType:
+		want = saga.KindAction
+	case p.compensationType:
+		want = saga.KindCompensation
+	default:
+		return cmd, d, outbox.Permanent(fmt.Errorf("%s: message %s has type %q, want %s or %s", p.name, msg.UUID, typ, p.actionType, p.compensationType))
+	}
+	if cmd.Kind != want {
+		return cmd, d, outbox.Permanent(fmt.Errorf("%s: message %s of type %s carries a command of kind %s", p.name, msg.UUID, msg.Metadata.Get(outbox.HeaderType), cmd.Kind))
+	}
+	if cmd.Step != p.name {
+		return cmd, d, outbox.Permanent(fmt.Errorf("%s: message %s is for step %q", p.name, msg.UUID, cmd.Step))
+	}
+	if err := decodeData(cmd.Data, &d); err != nil {
+		return cmd, d, outbox.Permanent(fmt.Errorf("%s: message %s of saga %s: %w", p.name, msg.UUID, cmd.SagaID, err))
+	}
+	// A compensation needs only the saga id (the effect is undone from this
+	// participant's own rows), so it is not refused for data an action
+	// would be: that lets a saga whose action was dead-lettered finish.
+	if cmd.Kind == saga.KindAction {
+		if err := p.fx.validate(&d); err != nil {
+			return cmd, d, outbox.Permanent(fmt.Errorf("%s: message %s of saga %s: invalid order data: %w", p.name, msg.UUID, cmd.SagaID, err))
+		}
+	}
+	return cmd, d, nil
+}
+
+func decodeData(raw json.RawMessage, d *order.Data) error {
+	if raw = bytes.TrimSpace(raw); len(raw) == 0 || raw[0] != '{' {
+		return errors.New("order data is not a JSON object")
+	}
+	if err := json.Unmarshal(raw, d); err != nil {
+		return fmt.Errorf("decode order data: %w", err)
+	}
+	return nil
+}
+
+// action runs an action command (see the package documentation's table).
+func (p *Participant) action(ctx context.Context, tx pgx.Tx, cmd saga.Command, d *order.Data, refuse bool) (saga.Outcome, string, error) {
+	status, reason, found, err := p.lockStep(ctx, tx, cmd)
+	if err != nil {
+		return "", "", err
+	}
+	if found {
+		switch status {
+		case statusDone:
+			return saga.Succeeded, "", nil
+		case statusRefused:
+			return saga.Refused, reason, nil
+		case statusCompensated:
+			return saga.Refused, ReasonAlreadyCompensated, nil
+		case statusTombstone:
+			return saga.Refused, ReasonCompensatedFirst, nil
+		default:
+			return "", "", fmt.Errorf("unknown step status %q", status)
+		}
+	}
+	refusal := ReasonInjected
+	if !refuse {
+		// A savepoint, so that a refusal found halfway undoes what the
+		// effect did so far.
+		sp, err := tx.Begin(ctx)
+		if err != nil {
+			return "", "", fmt.Errorf("savepoint: %w", err)
+		}
+		refusal, err = p.fx.apply(ctx, sp, cmd.SagaID, d)
+		if err != nil {
+			return "", "", err
+		}
+		if refusal != "" {
+			err = sp.Rollback(ctx)
+		} else {
+			err = sp.Commit(ctx)
+		}
+		if err != nil {
+			return "", "", fmt.Errorf("end savepoint: %w", err)
+		}
+	}
+	if refusal != "" {
+		if _, err := tx.Exec(ctx, p.q.insert, cmd.SagaID, cmd.Step, statusRefused, refusal); err != nil {
+			return "", "", fmt.Errorf("record refusal: %w", err)
+		}
+		return saga.Refused, refusal, nil
+	}
+	if _, err := tx.Exec(ctx, p.q.insert, cmd.SagaID, cmd.Step, statusDone, nil); err != nil {
+		return "", "", fmt.Errorf("record step done: %w", err)
+	}
+	return saga.Succeeded, "", nil
+}
+
+// compensate runs a compensation command (see the package documentation's
+// table).
+func (p *Participant) compensate(ctx context.Context, tx pgx.Tx, cmd saga.Command, refuse bool) (saga.Outcome, string, error) {
+	if refuse {
+		return saga.Refused, ReasonInjected, nil
+	}
+	status, _, found, err := p.lockStep(ctx, tx, cmd)
+	if err != nil {
+		return "", "", err
+	}
+	if !found {
+		if _, err := tx.Exec(ctx, p.q.insert, cmd.SagaID, cmd.Step, statusTombstone, nil); err != nil {
+			return "", "", fmt.Errorf("record tombstone: %w", err)
+		}
+		return saga.Succeeded, "", nil
+	}
+	switch status {
+	case statusDone:
+		if err := p.fx.undo(ctx, tx, cmd.SagaID); err != nil {
+			return "", "", err
+		}
+		if _, err := tx.Exec(ctx, p.q.update, cmd.SagaID, cmd.Step, statusCompensated); err != nil {
+			return "", "", fmt.Errorf("record compensation: %w", err)
+		}
+	case statusRefused, statusCompensated, statusTombstone:
+		// Nothing to undo (a refused action had no effect), or undone already.
+	default:
+		return "", "", fmt.Errorf("unknown step status %q", status)
+	}
+	return saga.Succeeded, "", nil
+}
+
+// lockStep serialises the commands of one (saga, step) and reads its row.
+// The advisory lock covers the case where the row does not exist yet, which
+// SELECT … FOR UPDATE alone cannot lock.
+func (p *Participant) lockStep(ctx context.Context, tx pgx.Tx, cmd saga.Command) (status, reason string, found bool, err error) {
+	if _, err := tx.Exec(ctx, p.q.lock, p.name, cmd.SagaID.String()+"/"+cmd.Step); err != nil {
+		return "", "", false, fmt.Errorf("lock step row: %w", err)
+	}
+	var r *string
+	err = tx.QueryRow(ctx, p.q.read, cmd.SagaID, cmd.Step).Scan(&status, &r)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return "", "", false, nil
+	}
+	if err != nil {
+		return "", "", false, fmt.Errorf("read step row: %w", err)
+	}
+	if r != nil {
+		reason = *r
+	}
+	return status, reason, true, nil
+}
+
+// firstCrash records, on its own connection (so that it survives the
+// rollback and the crash), that the message reached an injected crash point,
+// and reports whether this is the first time. Crashing once per message and
+// point lets a restarted process get past it instead of crashing forever.
+// The record is a row of the schema's inbox under the consumer name
+// "<group>#<point>", purged by inbox retention like any other. It needs a
+// second connection while the handler holds one: the wait for it is
+// bounded, so a pool exhausted by handlers all at this point fails them
+// (they are retried) instead of deadlocking.
+func (p *Participant) firstCrash(ctx context.Context, point, msgID string) (bool, error) {
+	id, err := uuid.Parse(msgID)
+	if err != nil {
+		return false, outbox.Permanent(fmt.Errorf("message id %q is not a UUID: %w", msgID, err))
+	}
+	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	tag, err := p.cfg.Pool.Exec(ctx, p.q.crashMark, p.Group()+"#"+point, id)
+	if err != nil {
+		return false, fmt.Errorf("record injected crash point %s of message %s: %w", point, msgID, err)
+	}
+	return tag.RowsAffected() == 1, nil
+}
+
+// stepQueries is the SQL of one schema's steps table.
+type stepQueries struct {
+	lock, read, insert, update, crashMark string
+}
+
+func newStepQueries(schema string) stepQueries {
+	steps := pgx.Identifier{schema, "steps"}.Sanitize()
+	return stepQueries{
+		// Two int4 keys: a lock space apart from the outbox writer's
+		// single-bigint advisory locks.
+		lock:      `SELECT pg_advisory_xact_lock(hashtext($1::text || '.steps'), hashtext($2::text))`,
+		read:      `SELECT status, reason FROM ` + steps + ` WHERE saga_id = $1 AND step = $2 FOR UPDATE`,
+		insert:    `INSERT INTO ` + steps + ` (saga_id, step, status, reason) VALUES ($1, $2, $3, $4)`,
+		update:    `UPDATE ` + steps + ` SET status = $3, updated_at = now() WHERE saga_id = $1 AND step = $2`,
+		crashMark: `INSERT INTO ` + pgx.Identifier{schema, "inbox"}.Sanitize() + ` (consumer, message_id) VALUES ($1, $2) ON CONFLICT DO NOTHING`,
+	}
+}
