@@ -7,7 +7,9 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"maps"
 	"regexp"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -107,7 +109,7 @@ func (r *PlaceRequest) Validate() []FieldError {
 		case required && strings.TrimSpace(v) == "":
 			add(field, "is required")
 		case len(v) > MaxTextLength:
-			add(field, fmt.Sprintf("is longer than %d characters", MaxTextLength))
+			add(field, fmt.Sprintf("is longer than %d bytes", MaxTextLength))
 		}
 	}
 	text("customer_id", r.CustomerID, true)
@@ -149,7 +151,8 @@ func (r *PlaceRequest) Validate() []FieldError {
 	if !countryPattern.MatchString(a.Country) {
 		add("shipping_address.country", "must be a two-letter ISO 3166-1 code in capitals, such as DE")
 	}
-	for k, v := range r.Inject {
+	for _, k := range slices.Sorted(maps.Keys(r.Inject)) {
+		v := r.Inject[k]
 		if !injectable[k] {
 			add("inject."+k, "names no participant (inventory, payment, shipping, or one of them + \".compensation\")")
 		}

@@ -124,11 +124,13 @@ func TestInjectDelay(t *testing.T) {
 		_, err := e.deliverCtx(ctx, p, command(t, p, saga.KindAction, s2, 1, injected(p.Name(), saga.KindAction, "delay=1h")))
 		errc <- err
 	}()
-	// The handler sleeps inside its transaction, after the inbox claim.
-	waitFor(t, "the delivery idle in its transaction", func() bool {
+	// The handler sleeps inside its transaction after the inbox claim,
+	// which wrote (so the transaction has an id) and is the only statement
+	// before the delay.
+	waitFor(t, "the delivery asleep in its transaction", func() bool {
 		var n int
 		_ = e.db.Pool.QueryRow(e.ctx, `SELECT count(*) FROM pg_stat_activity
-			WHERE datname = current_database() AND state = 'idle in transaction'`).Scan(&n)
+			WHERE datname = current_database() AND state = 'idle in transaction' AND backend_xid IS NOT NULL`).Scan(&n)
 		return n == 1
 	})
 	cancel()
