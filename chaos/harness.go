@@ -228,6 +228,9 @@ func (h *Harness) addProc(role string, extra []string) error {
 		"--replication-factor", strconv.Itoa(int(kcfg.ReplicationFactor)), "--db-max-conns", "8"}
 	args = append(args, h.sc.ServeArgs...)
 	args = append(args, extra...)
+	// A stable instance id per slot: a restarted process is a static
+	// consumer-group member that takes its partitions back at once.
+	args = append(args, "--instance-id", fmt.Sprintf("%s-%d", role, idx))
 	p := &proc{h: h, role: role, index: idx, args: args}
 	h.procs[role] = append(h.procs[role], p)
 	h.procsMu.Unlock()

@@ -300,17 +300,11 @@ func (r *Relay) lead(ctx context.Context, o *Outbox, log *slog.Logger, st *relay
 // send publishes a batch, retrying with backoff while Kafka fails. It
 // returns false when ctx ended first.
 func (r *Relay) send(ctx context.Context, log *slog.Logger, batch []row) bool {
-	msgs := make([]*sarama.ProducerMessage, 0, len(batch)*2)
-	for i := range batch {
-		m := batch[i].producerMessage()
-		msgs = append(msgs, m)
-		if r.cfg.DuplicateEach {
-			msgs = append(msgs, batch[i].producerMessage())
-		}
-	}
 	backoff := newBackoff(100*time.Millisecond, 5*time.Second)
 	for {
-		err := r.cfg.Producer.SendMessages(msgs)
+		// Fresh messages on every try: sarama may still hold the ones of a
+		// failed try.
+		err := r.cfg.Producer.SendMessages(r.messages(batch))
 		if err == nil {
 			return true
 		}
@@ -318,11 +312,22 @@ func (r *Relay) send(ctx context.Context, log *slog.Logger, batch []row) bool {
 		if !backoff.wait(ctx) {
 			return false
 		}
-		for _, m := range msgs {
-			// sarama keeps state on a sent message; send fresh copies.
-			*m = sarama.ProducerMessage{Topic: m.Topic, Key: m.Key, Value: m.Value, Headers: m.Headers}
+	}
+}
+
+func (r *Relay) messages(batch []row) []*sarama.ProducerMessage {
+	n := len(batch)
+	if r.cfg.DuplicateEach {
+		n *= 2
+	}
+	msgs := make([]*sarama.ProducerMessage, 0, n)
+	for i := range batch {
+		msgs = append(msgs, batch[i].producerMessage())
+		if r.cfg.DuplicateEach {
+			msgs = append(msgs, batch[i].producerMessage())
 		}
 	}
+	return msgs
 }
 
 func firstProducerError(err error) error {

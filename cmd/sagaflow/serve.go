@@ -131,6 +131,7 @@ func runServe(ctx context.Context, args []string, stdout io.Writer) error {
 	duplicate := fs.Bool("duplicate-relay", false, "publish every outbox row twice (test switch: proves the inboxes absorb duplicates)")
 	migrate := fs.Bool("migrate", false, "apply migrations before starting")
 	maxConns := fs.Int("db-max-conns", 16, "database pool size")
+	instanceID := fs.String("instance-id", env("SAGAFLOW_INSTANCE_ID", ""), "stable id of this instance (e.g. a pod name): static consumer-group membership, so a restart takes its partitions back at once")
 	if err := parse(fs, args); err != nil {
 		return err
 	}
@@ -152,6 +153,7 @@ func runServe(ctx context.Context, args []string, stdout io.Writer) error {
 	}
 	defer pool.Close()
 	kcfg := c.kafka("sagaflow-" + strings.ReplaceAll(*role, ",", "-"))
+	kcfg.InstanceID = *instanceID
 	if err := kcfg.Ping(ctx); err != nil {
 		return err
 	}
