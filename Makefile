@@ -5,6 +5,7 @@ GO        ?= go
 KAFKA     := scripts/kafka/kafka
 KAFKA_DIR ?= .kafka-work
 TEST_TIMEOUT ?= 75m
+CHAOS_REPORT ?= $(CURDIR)/.chaos/report.txt
 
 .PHONY: build dev test test-short lint kafka-start kafka-stop clean
 
@@ -26,8 +27,11 @@ test:
 	brokers=$$(echo "$$out" | tail -n 1 | sed 's/^KAFKA_BROKERS=//'); \
 	echo "real Kafka broker at $$brokers"; \
 	status=0; \
-	KAFKA_BROKERS=$$brokers SAGAFLOW_KAFKA_SCRIPT=$(CURDIR)/$(KAFKA) $(GO) test -race -timeout $(TEST_TIMEOUT) ./... || status=$$?; \
+	rm -f $(CHAOS_REPORT); \
+	KAFKA_BROKERS=$$brokers SAGAFLOW_KAFKA_SCRIPT=$(CURDIR)/$(KAFKA) SAGAFLOW_CHAOS_REPORT=$(CHAOS_REPORT) \
+		$(GO) test -race -count=1 -timeout $(TEST_TIMEOUT) ./... || status=$$?; \
 	$(KAFKA) stop --dir $(KAFKA_DIR) || true; \
+	if [ -f $(CHAOS_REPORT) ]; then echo "failure scenarios against the real broker:"; cat $(CHAOS_REPORT); fi; \
 	exit $$status
 
 # The fast suite alone: embedded kfake and a throwaway PostgreSQL.

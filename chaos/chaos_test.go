@@ -61,6 +61,16 @@ func (w testWriter) Write(p []byte) (int, error) {
 // Each scenario is its own test: load with faults, then every saga must end
 // and every invariant must hold (`verify`, dead-letter topics included).
 func TestScenarios(t *testing.T) {
+	var results []*chaos.Result
+	defer func() {
+		// The README's test command prints this table after the run.
+		if path := os.Getenv("SAGAFLOW_CHAOS_REPORT"); path != "" && len(results) > 0 {
+			var b strings.Builder
+			chaos.PrintTable(&b, results)
+			_ = os.MkdirAll(filepath.Dir(path), 0o755)
+			_ = os.WriteFile(path, []byte(b.String()), 0o644)
+		}
+	}()
 	for _, sc := range chaos.Scenarios {
 		t.Run(sc.Name, func(t *testing.T) {
 			cfg := setup(t, sc)
@@ -68,6 +78,7 @@ func TestScenarios(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
+			results = append(results, res)
 			var b strings.Builder
 			chaos.PrintTable(&b, []*chaos.Result{res})
 			t.Logf("seed %d\n%s", res.Seed, b.String())

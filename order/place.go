@@ -247,11 +247,17 @@ func (s *Service) Place(ctx context.Context, key string, req *PlaceRequest) (Pla
 	if err != nil {
 		return Placed{}, fmt.Errorf("encode saga data of order %s: %w", orderID, err)
 	}
-	if _, err := s.engine.Start(ctx, tx, SagaType, sagaID, data); err != nil {
+	// The saga's rows, its first command and the OrderPlaced event reach
+	// PostgreSQL in one round trip.
+	var b pgx.Batch
+	if _, err := s.engine.StartBatch(&b, SagaType, sagaID, data); err != nil {
 		return Placed{}, fmt.Errorf("start saga of order %s: %w", orderID, err)
 	}
-	if err := s.event(ctx, tx, EventPlaced, orderID, sagaID, ""); err != nil {
+	if err := s.queueEvent(&b, EventPlaced, orderID, sagaID, ""); err != nil {
 		return Placed{}, err
+	}
+	if err := sendBatch(ctx, tx, &b); err != nil {
+		return Placed{}, fmt.Errorf("start saga of order %s: %w", orderID, err)
 	}
 	if err := tx.Commit(ctx); err != nil {
 		return Placed{}, fmt.Errorf("commit order %s: %w", orderID, err)
@@ -275,11 +281,42 @@ type Event struct {
 	At      time.Time `json:"at"`
 }
 
-func (s *Service) event(ctx context.Context, tx pgx.Tx, typ string, orderID, sagaID uuid.UUID, reason string) error {
+func (s *Service) eventMessage(typ string, orderID, sagaID uuid.UUID, reason string) (outbox.Message, error) {
 	payload, err := json.Marshal(Event{Type: typ, OrderID: orderID, SagaID: sagaID, Reason: reason, At: time.Now().UTC()})
 	if err != nil {
-		return fmt.Errorf("encode %s of order %s: %w", typ, orderID, err)
+		return outbox.Message{}, fmt.Errorf("encode %s of order %s: %w", typ, orderID, err)
 	}
-	return s.outbox.Write(ctx, tx, outbox.Message{Topic: s.topics.orderEvents, Key: sagaID.String(), Payload: payload,
-		Type: typ, SchemaVersion: 1, CorrelationID: sagaID.String()})
+	return outbox.Message{Topic: s.topics.orderEvents, Key: sagaID.String(), Payload: payload,
+		Type: typ, SchemaVersion: 1, CorrelationID: sagaID.String()}, nil
+}
+
+// event writes an order event through the orders outbox on tx.
+func (s *Service) event(ctx context.Context, tx pgx.Tx, typ string, orderID, sagaID uuid.UUID, reason string) error {
+	m, err := s.eventMessage(typ, orderID, sagaID, reason)
+	if err != nil {
+		return err
+	}
+	return s.outbox.Write(ctx, tx, m)
+}
+
+// queueEvent queues an order event on b.
+func (s *Service) queueEvent(b *pgx.Batch, typ string, orderID, sagaID uuid.UUID, reason string) error {
+	m, err := s.eventMessage(typ, orderID, sagaID, reason)
+	if err != nil {
+		return err
+	}
+	return s.outbox.Queue(b, m)
+}
+
+// sendBatch sends b on tx and reports the first failed statement.
+func sendBatch(ctx context.Context, tx pgx.Tx, b *pgx.Batch) error {
+	n := b.Len()
+	br := tx.SendBatch(ctx, b)
+	for i := 0; i < n; i++ {
+		if _, err := br.Exec(); err != nil {
+			_ = br.Close()
+			return err
+		}
+	}
+	return br.Close()
 }

@@ -74,6 +74,32 @@ func (o *Outbox) Write(ctx context.Context, tx pgx.Tx, msgs ...Message) error {
 	if len(msgs) == 0 {
 		return nil
 	}
+	args, err := o.insertArgs(msgs)
+	if err != nil {
+		return err
+	}
+	if _, err := tx.Exec(ctx, o.q.insert, args...); err != nil {
+		return fmt.Errorf("write %d message(s) to %s outbox: %w", len(msgs), o.q.schema, err)
+	}
+	return nil
+}
+
+// Queue adds the insert of msgs to b, for a caller that sends a
+// transaction's writes in one round trip (tx.SendBatch); an error from the
+// insert surfaces when the batch is read. It fills in zero IDs.
+func (o *Outbox) Queue(b *pgx.Batch, msgs ...Message) error {
+	if len(msgs) == 0 {
+		return nil
+	}
+	args, err := o.insertArgs(msgs)
+	if err != nil {
+		return err
+	}
+	b.Queue(o.q.insert, args...)
+	return nil
+}
+
+func (o *Outbox) insertArgs(msgs []Message) ([]any, error) {
 	ids := make([]uuid.UUID, len(msgs))
 	topics := make([]string, len(msgs))
 	keys := make([]string, len(msgs))
@@ -82,25 +108,22 @@ func (o *Outbox) Write(ctx context.Context, tx pgx.Tx, msgs ...Message) error {
 	for i := range msgs {
 		m := &msgs[i]
 		if m.Topic == "" {
-			return errors.New("write outbox message: empty topic")
+			return nil, errors.New("write outbox message: empty topic")
 		}
 		if m.ID == uuid.Nil {
 			id, err := uuid.NewV7()
 			if err != nil {
-				return fmt.Errorf("write outbox message: new id: %w", err)
+				return nil, fmt.Errorf("write outbox message: new id: %w", err)
 			}
 			m.ID = id
 		}
 		h, err := json.Marshal(m.headers())
 		if err != nil {
-			return fmt.Errorf("write outbox message %s: encode headers: %w", m.ID, err)
+			return nil, fmt.Errorf("write outbox message %s: encode headers: %w", m.ID, err)
 		}
 		ids[i], topics[i], keys[i], payloads[i], headers[i] = m.ID, m.Topic, m.Key, m.Payload, h
 	}
-	if _, err := tx.Exec(ctx, o.q.insert, ids, topics, keys, payloads, headers, o.q.schema+":"); err != nil {
-		return fmt.Errorf("write %d message(s) to %s outbox: %w", len(msgs), o.q.schema, err)
-	}
-	return nil
+	return []any{ids, topics, keys, payloads, headers, o.q.schema + ":"}, nil
 }
 
 func (m *Message) headers() map[string]string {

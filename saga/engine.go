@@ -129,6 +129,21 @@ func (e *Engine) Define(d *Definition) error {
 // first command to the outbox: the saga exists, and starts, exactly when tx
 // commits.
 func (e *Engine) Start(ctx context.Context, tx pgx.Tx, sagaType string, id uuid.UUID, data json.RawMessage) (*Instance, error) {
+	var b pgx.Batch
+	in, err := e.StartBatch(&b, sagaType, id, data)
+	if err != nil {
+		return nil, err
+	}
+	if err := flush(ctx, tx, &b); err != nil {
+		return nil, fmt.Errorf("start saga %s: %w", id, err)
+	}
+	return in, nil
+}
+
+// StartBatch is Start for a caller that sends its transaction's writes in
+// one round trip: it queues the saga's rows and first command on b, and the
+// saga starts when the caller's transaction (which sends b) commits.
+func (e *Engine) StartBatch(b *pgx.Batch, sagaType string, id uuid.UUID, data json.RawMessage) (*Instance, error) {
 	def, ok := e.defs[sagaType]
 	if !ok {
 		return nil, fmt.Errorf("start saga %s: unknown saga type %q", id, sagaType)
@@ -139,17 +154,33 @@ func (e *Engine) Start(ctx context.Context, tx pgx.Tx, sagaType string, id uuid.
 	first := def.Steps[0]
 	dl := now.Add(first.Retry.timeout(1))
 	in.StepDeadline = &dl
-	if _, err := tx.Exec(ctx, sqlInsertInstance, id, sagaType, data, dl, in.Deadline); err != nil {
-		return nil, fmt.Errorf("insert saga %s: %w", id, err)
-	}
-	if err := e.history(ctx, tx, id, first.Name, "", 0, EventStarted, "", uuid.Nil); err != nil {
-		return nil, err
-	}
-	if err := e.send(ctx, tx, def, in, KindAction, ""); err != nil {
+	b.Queue(sqlInsertInstance, id, sagaType, data, dl, in.Deadline)
+	e.history(b, id, first.Name, "", 0, EventStarted, "", uuid.Nil)
+	if err := e.send(b, def, in, KindAction, ""); err != nil {
 		return nil, err
 	}
 	e.metrics.started.Add(1)
 	return in, nil
+}
+
+// flush sends the writes queued on b in one round trip and empties b.
+func flush(ctx context.Context, tx pgx.Tx, b *pgx.Batch) error {
+	n := b.Len()
+	if n == 0 {
+		return nil
+	}
+	br := tx.SendBatch(ctx, b)
+	defer func() { *b = pgx.Batch{} }()
+	for i := 0; i < n; i++ {
+		if _, err := br.Exec(); err != nil {
+			_ = br.Close()
+			return fmt.Errorf("write saga changes: %w", err)
+		}
+	}
+	if err := br.Close(); err != nil {
+		return fmt.Errorf("write saga changes: %w", err)
+	}
+	return nil
 }
 
 // HandleReply is the orchestrator's handler of replies (run behind the saga
@@ -160,10 +191,17 @@ func (e *Engine) HandleReply(ctx context.Context, tx pgx.Tx, msg *message.Messag
 		return err
 	}
 	msgID, _ := uuid.Parse(msg.UUID)
-	return e.apply(ctx, tx, r, msgID)
+	var b pgx.Batch
+	if err := e.apply(ctx, tx, &b, r, msgID); err != nil {
+		return err
+	}
+	return flush(ctx, tx, &b)
 }
 
-func (e *Engine) apply(ctx context.Context, tx pgx.Tx, r Reply, msgID uuid.UUID) error {
+// apply moves the saga that reply r answers. Its writes are queued on b
+// (the engine's transaction sends them in one round trip), except that a
+// saga's end flushes b before the definition's hook runs.
+func (e *Engine) apply(ctx context.Context, tx pgx.Tx, b *pgx.Batch, r Reply, msgID uuid.UUID) error {
 	in, err := scanInstance(tx.QueryRow(ctx, sqlLockInstance, r.SagaID))
 	if errors.Is(err, pgx.ErrNoRows) {
 		return outbox.Permanent(fmt.Errorf("reply %s for unknown saga %s", msgID, r.SagaID))
@@ -185,40 +223,36 @@ func (e *Engine) apply(ctx context.Context, tx pgx.Tx, r Reply, msgID uuid.UUID)
 		// waits for: keep it in the history and change nothing.
 		e.metrics.stale.Add(1)
 		reason := fmt.Sprintf("%s reply (attempt %d, %s) while the saga is %s at step %d attempt %d", r.Kind, r.Attempt, r.Outcome, in.State, in.Step, in.Attempt)
-		return e.history(ctx, tx, in.ID, r.Step, r.Kind, r.Attempt, EventStaleReply, reason, msgID)
+		e.history(b, in.ID, r.Step, r.Kind, r.Attempt, EventStaleReply, reason, msgID)
+		return nil
 	}
 	step := def.Steps[idx]
 	switch {
 	case r.Kind == KindAction && r.Outcome == Succeeded:
-		if err := e.history(ctx, tx, in.ID, step.Name, KindAction, r.Attempt, EventSucceeded, "", msgID); err != nil {
-			return err
-		}
+		e.history(b, in.ID, step.Name, KindAction, r.Attempt, EventSucceeded, "", msgID)
 		in.Completed = idx + 1
 		if idx+1 == len(def.Steps) {
-			return e.finish(ctx, tx, def, in, Completed, "")
+			return e.finish(ctx, tx, b, def, in, Completed, "")
 		}
 		in.Step, in.Attempt = idx+1, 1
-		return e.advance(ctx, tx, def, in, KindAction, msgID.String())
+		return e.advance(b, def, in, KindAction, msgID.String())
 	case r.Kind == KindAction && r.Outcome == Refused:
-		if err := e.history(ctx, tx, in.ID, step.Name, KindAction, r.Attempt, EventRefused, r.Reason, msgID); err != nil {
-			return err
-		}
+		e.history(b, in.ID, step.Name, KindAction, r.Attempt, EventRefused, r.Reason, msgID)
 		// A refusal made no change, so the refusing step needs no undo.
-		return e.compensate(ctx, tx, def, in, idx-1, fmt.Sprintf("%s refused: %s", step.Name, r.Reason), msgID.String())
+		return e.compensate(ctx, tx, b, def, in, idx-1, fmt.Sprintf("%s refused: %s", step.Name, r.Reason), msgID.String())
 	case r.Kind == KindCompensation && r.Outcome == Succeeded:
-		if err := e.history(ctx, tx, in.ID, step.Name, KindCompensation, r.Attempt, EventSucceeded, "", msgID); err != nil {
-			return err
-		}
-		return e.compensate(ctx, tx, def, in, idx-1, in.Reason, msgID.String())
+		e.history(b, in.ID, step.Name, KindCompensation, r.Attempt, EventSucceeded, "", msgID)
+		return e.compensate(ctx, tx, b, def, in, idx-1, in.Reason, msgID.String())
 	default: // a compensation refused: it must finish, so the deadline resends it
 		e.metrics.compensationRefused.Add(1)
-		return e.history(ctx, tx, in.ID, step.Name, KindCompensation, r.Attempt, EventRefused, r.Reason+" (will resend)", msgID)
+		e.history(b, in.ID, step.Name, KindCompensation, r.Attempt, EventRefused, r.Reason+" (will resend)", msgID)
+		return nil
 	}
 }
 
 // compensate moves the saga to the compensation of the newest step at or
 // below from that needs one, or ends it when none is left.
-func (e *Engine) compensate(ctx context.Context, tx pgx.Tx, def *Definition, in *Instance, from int, reason, causation string) error {
+func (e *Engine) compensate(ctx context.Context, tx pgx.Tx, b *pgx.Batch, def *Definition, in *Instance, from int, reason, causation string) error {
 	in.Reason = reason
 	for j := from; j >= 0; j-- {
 		if def.Steps[j].CompensationType == "" {
@@ -229,31 +263,29 @@ func (e *Engine) compensate(ctx context.Context, tx pgx.Tx, def *Definition, in 
 		if firstCompensation {
 			e.metrics.compensating.Add(1)
 		}
-		return e.advance(ctx, tx, def, in, KindCompensation, causation)
+		return e.advance(b, def, in, KindCompensation, causation)
 	}
 	if in.State == Running {
 		// Nothing was done, so nothing is undone.
-		return e.finish(ctx, tx, def, in, Failed, reason)
+		return e.finish(ctx, tx, b, def, in, Failed, reason)
 	}
-	return e.finish(ctx, tx, def, in, Compensated, reason)
+	return e.finish(ctx, tx, b, def, in, Compensated, reason)
 }
 
 // advance stores the saga's new step and attempt and sends the command.
-func (e *Engine) advance(ctx context.Context, tx pgx.Tx, def *Definition, in *Instance, kind Kind, causation string) error {
+func (e *Engine) advance(b *pgx.Batch, def *Definition, in *Instance, kind Kind, causation string) error {
 	policy := def.Steps[in.Step].Retry
 	if kind == KindCompensation {
 		policy = def.Steps[in.Step].CompensationRetry
 	}
 	dl := time.Now().Add(policy.timeout(in.Attempt))
 	in.StepDeadline = &dl
-	if err := e.update(ctx, tx, in); err != nil {
-		return err
-	}
-	return e.send(ctx, tx, def, in, kind, causation)
+	e.update(b, in)
+	return e.send(b, def, in, kind, causation)
 }
 
 // send writes the command of the saga's current step and attempt.
-func (e *Engine) send(ctx context.Context, tx pgx.Tx, def *Definition, in *Instance, kind Kind, causation string) error {
+func (e *Engine) send(b *pgx.Batch, def *Definition, in *Instance, kind Kind, causation string) error {
 	step := def.Steps[in.Step]
 	typ := step.ActionType
 	if kind == KindCompensation {
@@ -269,20 +301,21 @@ func (e *Engine) send(ctx context.Context, tx pgx.Tx, def *Definition, in *Insta
 	}
 	m := outbox.Message{ID: id, Topic: step.Topic, Key: in.ID.String(), Payload: payload, Type: typ,
 		SchemaVersion: SchemaVersion, CorrelationID: in.ID.String(), CausationID: causation}
-	if err := e.outbox.Write(ctx, tx, m); err != nil {
+	if err := e.outbox.Queue(b, m); err != nil {
 		return fmt.Errorf("send %s of saga %s: %w", typ, in.ID, err)
 	}
-	return e.history(ctx, tx, in.ID, step.Name, kind, in.Attempt, EventSent, typ, id)
+	e.history(b, in.ID, step.Name, kind, in.Attempt, EventSent, typ, id)
+	return nil
 }
 
 // finish ends the saga in a terminal state and runs the definition's hook.
-func (e *Engine) finish(ctx context.Context, tx pgx.Tx, def *Definition, in *Instance, state State, reason string) error {
+func (e *Engine) finish(ctx context.Context, tx pgx.Tx, b *pgx.Batch, def *Definition, in *Instance, state State, reason string) error {
 	in.State, in.Reason, in.StepDeadline = state, reason, nil
-	if err := e.update(ctx, tx, in); err != nil {
-		return err
-	}
+	e.update(b, in)
 	event := map[State]string{Completed: EventCompleted, Compensated: EventCompensated, Failed: EventFailed}[state]
-	if err := e.history(ctx, tx, in.ID, def.Steps[in.Step].Name, "", 0, event, reason, uuid.Nil); err != nil {
+	e.history(b, in.ID, def.Steps[in.Step].Name, "", 0, event, reason, uuid.Nil)
+	// The hook runs statements of its own on tx: the saga's writes go first.
+	if err := flush(ctx, tx, b); err != nil {
 		return err
 	}
 	hook := def.OnCancelled
@@ -300,23 +333,19 @@ func (e *Engine) finish(ctx context.Context, tx pgx.Tx, def *Definition, in *Ins
 	return nil
 }
 
-func (e *Engine) update(ctx context.Context, tx pgx.Tx, in *Instance) error {
-	if _, err := tx.Exec(ctx, sqlUpdateInstance, in.ID, string(in.State), in.Step, in.Attempt, in.Completed, in.Reason, in.StepDeadline); err != nil {
-		return fmt.Errorf("update saga %s: %w", in.ID, err)
-	}
+// update queues the saga row's new state.
+func (e *Engine) update(b *pgx.Batch, in *Instance) {
+	b.Queue(sqlUpdateInstance, in.ID, string(in.State), in.Step, in.Attempt, in.Completed, in.Reason, in.StepDeadline)
 	in.Version++
-	return nil
 }
 
-func (e *Engine) history(ctx context.Context, tx pgx.Tx, id uuid.UUID, step string, kind Kind, attempt int, event, reason string, msgID uuid.UUID) error {
+// history queues a line of the saga's history.
+func (e *Engine) history(b *pgx.Batch, id uuid.UUID, step string, kind Kind, attempt int, event, reason string, msgID uuid.UUID) {
 	var mid *uuid.UUID
 	if msgID != uuid.Nil {
 		mid = &msgID
 	}
-	if _, err := tx.Exec(ctx, sqlInsertHistory, id, step, string(kind), attempt, event, reason, mid); err != nil {
-		return fmt.Errorf("append history of saga %s: %w", id, err)
-	}
-	return nil
+	b.Queue(sqlInsertHistory, id, step, string(kind), attempt, event, reason, mid)
 }
 
 // SweepOnce handles up to limit sagas whose step deadline has passed, in one
@@ -349,10 +378,14 @@ func (e *Engine) SweepOnce(ctx context.Context, limit int) (int, error) {
 	if err := rows.Err(); err != nil {
 		return 0, fmt.Errorf("find overdue sagas: %w", err)
 	}
+	var b pgx.Batch
 	for _, in := range due {
-		if err := e.timeout(ctx, tx, in); err != nil {
+		if err := e.timeout(ctx, tx, &b, in); err != nil {
 			return 0, err
 		}
+	}
+	if err := flush(ctx, tx, &b); err != nil {
+		return 0, err
 	}
 	if err := tx.Commit(ctx); err != nil {
 		return 0, fmt.Errorf("commit deadline sweep: %w", err)
@@ -360,7 +393,7 @@ func (e *Engine) SweepOnce(ctx context.Context, limit int) (int, error) {
 	return len(due), nil
 }
 
-func (e *Engine) timeout(ctx context.Context, tx pgx.Tx, in *Instance) error {
+func (e *Engine) timeout(ctx context.Context, tx pgx.Tx, b *pgx.Batch, in *Instance) error {
 	def, ok := e.defs[in.Type]
 	if !ok {
 		return nil // another orchestrator's saga type
@@ -371,65 +404,54 @@ func (e *Engine) timeout(ctx context.Context, tx pgx.Tx, in *Instance) error {
 		spent := in.Attempt >= step.Retry.MaxAttempts
 		pastDeadline := time.Now().After(in.Deadline)
 		if !spent && !pastDeadline {
-			if err := e.history(ctx, tx, in.ID, step.Name, KindAction, in.Attempt, EventTimedOut, "resending", uuid.Nil); err != nil {
-				return err
-			}
+			e.history(b, in.ID, step.Name, KindAction, in.Attempt, EventTimedOut, "resending", uuid.Nil)
 			in.Attempt++
-			return e.advance(ctx, tx, def, in, KindAction, "")
+			return e.advance(b, def, in, KindAction, "")
 		}
 		why := fmt.Sprintf("%s did not answer after %d attempt(s)", step.Name, in.Attempt)
 		if pastDeadline && !spent {
 			why = fmt.Sprintf("%s did not answer before the saga's deadline", step.Name)
 		}
-		if err := e.history(ctx, tx, in.ID, step.Name, KindAction, in.Attempt, EventTimedOut, why, uuid.Nil); err != nil {
-			return err
-		}
-		return e.compensate(ctx, tx, def, in, in.Step, why, "")
+		e.history(b, in.ID, step.Name, KindAction, in.Attempt, EventTimedOut, why, uuid.Nil)
+		return e.compensate(ctx, tx, b, def, in, in.Step, why, "")
 	}
 	// Compensating.
 	if in.Attempt >= step.CompensationRetry.MaxAttempts {
 		in.State, in.StepDeadline = Stuck, nil
 		e.metrics.stuck.Add(1)
 		reason := fmt.Sprintf("compensation of %s unanswered after %d attempts (first failure: %s)", step.Name, in.Attempt, in.Reason)
-		if err := e.update(ctx, tx, in); err != nil {
-			return err
-		}
+		e.update(b, in)
 		e.log.Error("saga stuck: a compensation keeps failing", "saga", in.ID, "step", step.Name, "attempts", in.Attempt)
-		return e.history(ctx, tx, in.ID, step.Name, KindCompensation, in.Attempt, EventStuck, reason, uuid.Nil)
+		e.history(b, in.ID, step.Name, KindCompensation, in.Attempt, EventStuck, reason, uuid.Nil)
+		return nil
 	}
-	if err := e.history(ctx, tx, in.ID, step.Name, KindCompensation, in.Attempt, EventTimedOut, "resending", uuid.Nil); err != nil {
-		return err
-	}
+	e.history(b, in.ID, step.Name, KindCompensation, in.Attempt, EventTimedOut, "resending", uuid.Nil)
 	in.Attempt++
-	return e.advance(ctx, tx, def, in, KindCompensation, "")
+	return e.advance(b, def, in, KindCompensation, "")
 }
 
 // Retry resumes a stuck saga: its compensation is sent again with a fresh
 // set of attempts.
 func (e *Engine) Retry(ctx context.Context, id uuid.UUID) (*Instance, error) {
-	return e.operate(ctx, id, func(tx pgx.Tx, def *Definition, in *Instance) error {
+	return e.operate(ctx, id, func(tx pgx.Tx, b *pgx.Batch, def *Definition, in *Instance) error {
 		if in.State != Stuck {
 			return fmt.Errorf("saga %s is %s, only a stuck saga can be retried: %w", id, in.State, ErrConflict)
 		}
-		if err := e.history(ctx, tx, in.ID, def.Steps[in.Step].Name, KindCompensation, in.Attempt, EventOperatorRetry, "", uuid.Nil); err != nil {
-			return err
-		}
+		e.history(b, in.ID, def.Steps[in.Step].Name, KindCompensation, in.Attempt, EventOperatorRetry, "", uuid.Nil)
 		in.State, in.Attempt = Compensating, 1
-		return e.advance(ctx, tx, def, in, KindCompensation, "")
+		return e.advance(b, def, in, KindCompensation, "")
 	})
 }
 
 // Resolve ends a stuck saga as compensated after an operator undid the
 // remaining steps by hand; note says what they did.
 func (e *Engine) Resolve(ctx context.Context, id uuid.UUID, note string) (*Instance, error) {
-	return e.operate(ctx, id, func(tx pgx.Tx, def *Definition, in *Instance) error {
+	return e.operate(ctx, id, func(tx pgx.Tx, b *pgx.Batch, def *Definition, in *Instance) error {
 		if in.State != Stuck {
 			return fmt.Errorf("saga %s is %s, only a stuck saga can be resolved: %w", id, in.State, ErrConflict)
 		}
-		if err := e.history(ctx, tx, in.ID, def.Steps[in.Step].Name, KindCompensation, in.Attempt, EventOperatorResolved, note, uuid.Nil); err != nil {
-			return err
-		}
-		return e.finish(ctx, tx, def, in, Compensated, in.Reason)
+		e.history(b, in.ID, def.Steps[in.Step].Name, KindCompensation, in.Attempt, EventOperatorResolved, note, uuid.Nil)
+		return e.finish(ctx, tx, b, def, in, Compensated, in.Reason)
 	})
 }
 
@@ -439,7 +461,7 @@ var (
 	ErrConflict = errors.New("conflict")
 )
 
-func (e *Engine) operate(ctx context.Context, id uuid.UUID, fn func(pgx.Tx, *Definition, *Instance) error) (*Instance, error) {
+func (e *Engine) operate(ctx context.Context, id uuid.UUID, fn func(pgx.Tx, *pgx.Batch, *Definition, *Instance) error) (*Instance, error) {
 	tx, err := e.pool.Begin(ctx)
 	if err != nil {
 		return nil, fmt.Errorf("begin: %w", err)
@@ -456,7 +478,11 @@ func (e *Engine) operate(ctx context.Context, id uuid.UUID, fn func(pgx.Tx, *Def
 	if !ok {
 		return nil, fmt.Errorf("saga %s has unknown type %q", id, in.Type)
 	}
-	if err := fn(tx, def, in); err != nil {
+	var b pgx.Batch
+	if err := fn(tx, &b, def, in); err != nil {
+		return nil, err
+	}
+	if err := flush(ctx, tx, &b); err != nil {
 		return nil, err
 	}
 	if err := tx.Commit(ctx); err != nil {

@@ -78,6 +78,7 @@ func (e *env) start() uuid.UUID {
 	if err != nil {
 		e.t.Fatal(err)
 	}
+	defer tx.Rollback(ctx) //nolint:errcheck // a no-op after Commit; frees the connection on Fatal
 	if _, err := e.engine.Start(ctx, tx, "test", id, json.RawMessage(`{"x":1}`)); err != nil {
 		e.t.Fatal(err)
 	}
