@@ -81,6 +81,7 @@ func (o *Outbox) Write(ctx context.Context, tx pgx.Tx, msgs ...Message) error {
 	if _, err := tx.Exec(ctx, o.q.insert, args...); err != nil {
 		return fmt.Errorf("write %d message(s) to %s outbox: %w", len(msgs), o.q.schema, err)
 	}
+	wake(o.q.schema)
 	return nil
 }
 
@@ -96,6 +97,7 @@ func (o *Outbox) Queue(b *pgx.Batch, msgs ...Message) error {
 		return err
 	}
 	b.Queue(o.q.insert, args...)
+	wake(o.q.schema)
 	return nil
 }
 

@@ -425,14 +425,14 @@ func TestRelayReconnectsAfterConnectionLoss(t *testing.T) {
 	wg.Add(1)
 	go func() { defer wg.Done(); e.writeMany(ctx, 4, 500, 20) }()
 	e.waitEffects(ctx, 200)
-	// Terminate the relay's leader and LISTEN connections.
+	// Terminate the relay's leader connection.
 	var killed int
 	if err := e.db.Pool.QueryRow(ctx, `SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity
 		WHERE datname = current_database() AND application_name LIKE 'sagaflow-relay-%'`).Scan(&killed); err != nil {
 		t.Fatal(err)
 	}
-	if killed != 2 {
-		t.Fatalf("terminated %d relay connections, want 2 (leader and listener)", killed)
+	if killed != 1 {
+		t.Fatalf("terminated %d relay connections, want 1 (the leader's)", killed)
 	}
 	wg.Wait()
 	e.waitEffects(ctx, 2000)

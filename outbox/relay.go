@@ -27,19 +27,26 @@ type Producer interface {
 
 // RelayConfig configures a Relay.
 type RelayConfig struct {
-	// Pool connects to the database; the relay opens two dedicated
-	// connections per outbox from its configuration (the leader's, which
-	// holds the advisory lock, and a shared LISTEN connection).
+	// Pool connects to the database; the relay opens a dedicated connection
+	// per outbox from its configuration (the leader's, which holds the
+	// advisory lock).
 	Pool *pgxpool.Pool
 	// Outboxes to drain.
 	Outboxes []*Outbox
 	// Producer publishes batches.
 	Producer Producer
-	// BatchSize is the most rows read, sent and deleted at once (default 1000).
+	// BatchSize is the most rows read, sent and deleted at once (default
+	// 5000: a 100,000-row backlog drained ~47% faster than with 1000).
 	BatchSize int
-	// PollInterval bounds how long a committed row waits when its
-	// notification was lost (default 1 s).
-	PollInterval time.Duration
+	// The relay polls its outbox: at once after a batch, then after
+	// MinPollInterval (default 2 ms), doubling while the outbox stays empty
+	// up to PollInterval (default 100 ms). A write through an Outbox in this
+	// process wakes it at once. (A NOTIFY trigger would wake it from other
+	// processes too, but a notifying transaction holds a database-wide lock
+	// through its WAL flush, which serialised durable commits at ~1,400/s
+	// on this machine; see the outbox issue's note.)
+	MinPollInterval time.Duration
+	PollInterval    time.Duration
 	// StandbyInterval is how often a relay that is not the leader of an
 	// outbox tries to become it (default 1 s).
 	StandbyInterval time.Duration
@@ -65,7 +72,6 @@ type RelayConfig struct {
 type Relay struct {
 	cfg     RelayConfig
 	log     *slog.Logger
-	wake    map[string]chan struct{}
 	stats   map[string]*relayStats
 	started atomic.Bool
 }
@@ -92,10 +98,16 @@ func NewRelay(cfg RelayConfig) (*Relay, error) {
 		return nil, errors.New("outbox relay needs a pool, a producer and at least one outbox")
 	}
 	if cfg.BatchSize <= 0 {
-		cfg.BatchSize = 1000
+		cfg.BatchSize = 5000
+	}
+	if cfg.MinPollInterval <= 0 {
+		cfg.MinPollInterval = 2 * time.Millisecond
 	}
 	if cfg.PollInterval <= 0 {
-		cfg.PollInterval = time.Second
+		cfg.PollInterval = 100 * time.Millisecond
+	}
+	if cfg.PollInterval < cfg.MinPollInterval {
+		cfg.PollInterval = cfg.MinPollInterval
 	}
 	if cfg.StandbyInterval <= 0 {
 		cfg.StandbyInterval = time.Second
@@ -106,11 +118,9 @@ func NewRelay(cfg RelayConfig) (*Relay, error) {
 	r := &Relay{
 		cfg:   cfg,
 		log:   cfg.Logger.With("component", "relay"),
-		wake:  map[string]chan struct{}{},
 		stats: map[string]*relayStats{},
 	}
 	for _, o := range cfg.Outboxes {
-		r.wake[o.Schema()] = make(chan struct{}, 1)
 		r.stats[o.Schema()] = &relayStats{}
 	}
 	return r, nil
@@ -123,11 +133,6 @@ func (r *Relay) Run(ctx context.Context) error {
 		return errors.New("outbox relay: Run called twice")
 	}
 	var wg sync.WaitGroup
-	wg.Add(1)
-	go func() {
-		defer wg.Done()
-		r.listen(ctx)
-	}()
 	for _, o := range r.cfg.Outboxes {
 		wg.Add(1)
 		go func() {
@@ -155,44 +160,6 @@ func (r *Relay) Stats() []RelayStats {
 	return out
 }
 
-// listen wakes outbox loops on NOTIFY sagaflow_outbox (sent by a statement
-// trigger on every outbox insert). Notifications are not stored, so the
-// loops also poll; after a reconnect every loop is woken.
-func (r *Relay) listen(ctx context.Context) {
-	backoff := newBackoff(100*time.Millisecond, 5*time.Second)
-	for ctx.Err() == nil {
-		conn, err := r.connect(ctx, "listen")
-		if err == nil {
-			_, err = conn.Exec(ctx, "LISTEN sagaflow_outbox")
-		}
-		if err == nil {
-			backoff.reset()
-			r.wakeAll()
-			for {
-				n, werr := conn.WaitForNotification(ctx)
-				if werr != nil {
-					err = werr
-					break
-				}
-				if ch, ok := r.wake[n.Payload]; ok {
-					select {
-					case ch <- struct{}{}:
-					default:
-					}
-				}
-			}
-		}
-		if conn != nil {
-			_ = conn.Close(context.WithoutCancel(ctx))
-		}
-		if ctx.Err() != nil {
-			return
-		}
-		r.log.Warn("outbox listener disconnected; polling until it reconnects", "err", err)
-		backoff.wait(ctx)
-	}
-}
-
 // connect opens a dedicated connection named sagaflow-relay-<role> (its
 // application_name, as operators see it in pg_stat_activity).
 func (r *Relay) connect(ctx context.Context, role string) (*pgx.Conn, error) {
@@ -203,15 +170,6 @@ func (r *Relay) connect(ctx context.Context, role string) (*pgx.Conn, error) {
 	// inboxes absorb. This takes a WAL flush per batch off the commit path.
 	cfg.RuntimeParams["synchronous_commit"] = "off"
 	return pgx.ConnectConfig(ctx, cfg)
-}
-
-func (r *Relay) wakeAll() {
-	for _, ch := range r.wake {
-		select {
-		case ch <- struct{}{}:
-		default:
-		}
-	}
 }
 
 // runOutbox is the life of one outbox's relay: connect, become leader, drain;
@@ -262,7 +220,9 @@ func (r *Relay) lead(ctx context.Context, o *Outbox, log *slog.Logger, st *relay
 	backoff.reset()
 	log.Info("outbox relay is the leader")
 
-	wake := r.wake[o.Schema()]
+	wake, unsubscribe := subscribe(o.Schema())
+	defer unsubscribe()
+	idle := r.cfg.MinPollInterval
 	batch := make([]row, 0, r.cfg.BatchSize)
 	for ctx.Err() == nil {
 		batch, err = fetch(ctx, conn, o.q.fetch, r.cfg.BatchSize, batch[:0])
@@ -273,13 +233,24 @@ func (r *Relay) lead(ctx context.Context, o *Outbox, log *slog.Logger, st *relay
 			return fmt.Errorf("read outbox %s: %w", o.Schema(), err)
 		}
 		if len(batch) == 0 {
+			t := time.NewTimer(idle)
 			select {
 			case <-ctx.Done():
 			case <-wake:
-			case <-time.After(r.cfg.PollInterval):
+				// The writer has not committed yet: look again shortly.
+				idle = r.cfg.MinPollInterval
+				t.Reset(idle)
+				select {
+				case <-ctx.Done():
+				case <-t.C:
+				}
+			case <-t.C:
+				idle = min(idle*2, r.cfg.PollInterval)
 			}
+			t.Stop()
 			continue
 		}
+		idle = r.cfg.MinPollInterval
 		if !r.send(ctx, log, batch) {
 			return nil // ctx ended while Kafka was unreachable; rows stay
 		}
@@ -426,5 +397,39 @@ func (b *backoff) wait(ctx context.Context) bool {
 		return false
 	case <-t.C:
 		return true
+	}
+}
+
+// wakers are the relays of this process, by outbox schema, woken when an
+// Outbox of this process writes.
+var wakers = struct {
+	sync.Mutex
+	subs map[string]map[chan struct{}]struct{}
+}{subs: map[string]map[chan struct{}]struct{}{}}
+
+func subscribe(schema string) (<-chan struct{}, func()) {
+	ch := make(chan struct{}, 1)
+	wakers.Lock()
+	defer wakers.Unlock()
+	if wakers.subs[schema] == nil {
+		wakers.subs[schema] = map[chan struct{}]struct{}{}
+	}
+	wakers.subs[schema][ch] = struct{}{}
+	return ch, func() {
+		wakers.Lock()
+		defer wakers.Unlock()
+		delete(wakers.subs[schema], ch)
+	}
+}
+
+// wake tells this process's relays of schema that a write is on its way.
+func wake(schema string) {
+	wakers.Lock()
+	defer wakers.Unlock()
+	for ch := range wakers.subs[schema] {
+		select {
+		case ch <- struct{}{}:
+		default:
+		}
 	}
 }
