@@ -19,6 +19,7 @@ import (
 	"log/slog"
 	"os"
 	"os/signal"
+	"strings"
 	"syscall"
 )
 
@@ -73,7 +74,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		case errors.Is(err, errUsage):
 			return 2
 		default:
-			fmt.Fprintf(stderr, "sagaflow %s: %v\n", c.name, err)
+			fmt.Fprintf(stderr, "sagaflow %s: %s\n", c.name, oneLine(err))
 			var ec interface{ ExitCode() int }
 			if errors.As(err, &ec) {
 				return ec.ExitCode()
@@ -121,4 +122,19 @@ func env(name, def string) string {
 		return v
 	}
 	return def
+}
+
+// oneLine folds a multi-line error (pgx lists every address it tried) into
+// the one line a command prints.
+func oneLine(err error) string {
+	lines := strings.Split(strings.TrimSpace(err.Error()), "\n")
+	out := lines[:0]
+	seen := map[string]bool{}
+	for _, l := range lines {
+		if l = strings.TrimSpace(l); l != "" && !seen[l] {
+			seen[l] = true
+			out = append(out, l)
+		}
+	}
+	return strings.Join(out, " ")
 }
