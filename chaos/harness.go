@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"io"
 	"math/rand/v2"
@@ -568,6 +567,3 @@ func PrintTable(w io.Writer, results []*Result) {
 	}
 	_ = tw.Flush()
 }
-
-// errSkip marks a scenario that cannot run in this configuration.
-var errSkip = errors.New("scenario cannot run here")

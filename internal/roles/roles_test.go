@@ -384,6 +384,15 @@ func TestEveryMessageDuplicated(t *testing.T) {
 		ids = append(ids, p)
 	}
 	e.verify(0)
+	for i, p := range ids {
+		want := saga.Completed
+		if i%4 == 0 {
+			want = saga.Compensated
+		}
+		if in := e.saga(p.SagaID); in.State != want {
+			t.Errorf("saga %d is %s, want %s: duplicates changed an outcome", i, in.State, want)
+		}
+	}
 	var dups int64
 	for _, schema := range []string{"saga", "inventory", "payment", "shipping"} {
 		n, err := outbox.DuplicatesAbsorbed(context.Background(), e.db.Pool, schema)

@@ -22,12 +22,11 @@ import (
 // Apache Kafka broker run by that script; otherwise an embedded kfake
 // cluster with a data directory.
 type PrivateKafka struct {
-	t       testing.TB
-	dir     string
-	port    int
-	script  string
-	brokers []string
-	fake    *kafkax.Embedded
+	t      testing.TB
+	dir    string
+	port   int
+	script string
+	fake   *kafkax.Embedded
 }
 
 // StartPrivateKafka starts a one-broker cluster for t, stopped when t ends.
