@@ -131,6 +131,7 @@ func runServe(ctx context.Context, args []string, stdout io.Writer) error {
 	duplicate := fs.Bool("duplicate-relay", false, "publish every outbox row twice (test switch: proves the inboxes absorb duplicates)")
 	migrate := fs.Bool("migrate", false, "apply migrations before starting")
 	maxConns := fs.Int("db-max-conns", 16, "database pool size")
+	metricsAddr := fs.String("metrics", env("SAGAFLOW_METRICS", ""), "serve Prometheus metrics at http://ADDR/metrics (e.g. 127.0.0.1:9090); off when empty")
 	instanceID := fs.String("instance-id", env("SAGAFLOW_INSTANCE_ID", ""), "stable id of this instance (e.g. a pod name): static consumer-group membership, so a restart takes its partitions back at once")
 	if err := parse(fs, args); err != nil {
 		return err
@@ -160,7 +161,7 @@ func runServe(ctx context.Context, args []string, stdout io.Writer) error {
 	stack, err := roles.New(roles.Config{
 		Pool: pool, Kafka: kcfg, Topics: c.topics(), Roles: strings.Split(*role, ","), HTTPAddr: *httpAddr,
 		Saga: sf.config(), AllowInjection: *allowInjection, Inject: injected, DuplicateRelay: *duplicate,
-		Crash: crash,
+		Crash: crash, MetricsAddr: *metricsAddr,
 	})
 	if err != nil {
 		return err

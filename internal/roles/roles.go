@@ -70,7 +70,9 @@ type Config struct {
 	SweepInterval time.Duration
 	// InboxRetention is how long inbox rows are kept (default 7 days).
 	InboxRetention time.Duration
-	Logger         *slog.Logger
+	// MetricsAddr, when set, serves Prometheus metrics at /metrics there.
+	MetricsAddr string
+	Logger      *slog.Logger
 }
 
 // Stack is a set of running roles.
@@ -194,7 +196,7 @@ func (s *Stack) Run(ctx context.Context) error {
 			return err
 		}
 		closers = append(closers, func() { _ = producer.Close() })
-		schemas := []string{"orders", "saga", "inventory", "payment", "shipping"}
+		schemas := outboxSchemas
 		var obs []*outbox.Outbox
 		for _, sc := range schemas {
 			obs = append(obs, outbox.New(sc))
@@ -236,6 +238,9 @@ func (s *Stack) Run(ctx context.Context) error {
 			}
 			return nil
 		})
+	}
+	if cfg.MetricsAddr != "" {
+		goRun("metrics", func(ctx context.Context) error { return s.serveMetrics(ctx, cfg.MetricsAddr) })
 	}
 	if router != nil {
 		select {

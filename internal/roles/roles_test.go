@@ -519,3 +519,37 @@ func TestVerifyCatchesCorruption(t *testing.T) {
 		}
 	}
 }
+
+// With MetricsAddr set, /metrics serves the outbox backlog and the engine's
+// counters in the Prometheus text format.
+func TestMetricsEndpoint(t *testing.T) {
+	t.Parallel()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := l.Addr().String()
+	l.Close()
+	e := setup(t, func(c *roles.Config) { c.MetricsAddr = addr })
+	if _, code := e.place(uuid.NewString(), orderBody(oneItem("sku-1", 1), nil, "DE")); code != http.StatusAccepted {
+		t.Fatalf("POST /orders answered %d", code)
+	}
+	e.waitTerminal(time.Minute)
+	resp, err := http.Get("http://" + addr + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	body, _ := io.ReadAll(resp.Body)
+	for _, want := range []string{
+		`sagaflow_outbox_backlog_rows{outbox="saga"}`,
+		`sagaflow_outbox_oldest_age_seconds{outbox="orders"}`,
+		"sagaflow_saga_started_total 1",
+		"sagaflow_saga_completed_total 1",
+		`sagaflow_relay_published_total{outbox="inventory"}`,
+	} {
+		if !strings.Contains(string(body), want) {
+			t.Errorf("/metrics lacks %q", want)
+		}
+	}
+}

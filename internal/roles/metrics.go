@@ -1,0 +1,102 @@
+package roles
+
+import (
+	"context"
+	"errors"
+	"net"
+	"net/http"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+
+	"github.com/sagaflow/sagaflow/outbox"
+)
+
+// outboxSchemas are the schemas whose outboxes the relay drains.
+var outboxSchemas = []string{"orders", "saga", "inventory", "payment", "shipping"}
+
+// registry builds the process's Prometheus metrics: outbox backlog (rows and
+// age of the oldest, read from the database at scrape time), relay
+// throughput, saga engine counters, and the Go runtime.
+func (s *Stack) registry() *prometheus.Registry {
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	reg.MustRegister(&backlogCollector{s: s,
+		rows: prometheus.NewDesc("sagaflow_outbox_backlog_rows", "Outbox rows waiting to be published.", []string{"outbox"}, nil),
+		age:  prometheus.NewDesc("sagaflow_outbox_oldest_age_seconds", "Age of the oldest outbox row waiting to be published.", []string{"outbox"}, nil),
+	})
+	if s.Relay != nil {
+		relay := s.Relay
+		for _, schema := range outboxSchemas {
+			reg.MustRegister(prometheus.NewCounterFunc(prometheus.CounterOpts{
+				Name: "sagaflow_relay_published_total", Help: "Outbox rows this process's relay published.",
+				ConstLabels: prometheus.Labels{"outbox": schema},
+			}, func() float64 {
+				for _, st := range relay.Stats() {
+					if st.Schema == schema {
+						return float64(st.Published)
+					}
+				}
+				return 0
+			}))
+		}
+	}
+	engine := s.Engine
+	for name, get := range map[string]func() int64{
+		"started":       func() int64 { return engine.Metrics().Started },
+		"completed":     func() int64 { return engine.Metrics().Completed },
+		"cancelled":     func() int64 { return engine.Metrics().Cancelled },
+		"stale_replies": func() int64 { return engine.Metrics().StaleReplies },
+		"timeouts":      func() int64 { return engine.Metrics().Timeouts },
+		"stuck":         func() int64 { return engine.Metrics().Stuck },
+	} {
+		reg.MustRegister(prometheus.NewCounterFunc(prometheus.CounterOpts{
+			Name: "sagaflow_saga_" + name + "_total", Help: "Sagas " + name + " by this process's engine.",
+		}, func() float64 { return float64(get()) }))
+	}
+	return reg
+}
+
+type backlogCollector struct {
+	s         *Stack
+	rows, age *prometheus.Desc
+}
+
+func (c *backlogCollector) Describe(ch chan<- *prometheus.Desc) { ch <- c.rows; ch <- c.age }
+
+func (c *backlogCollector) Collect(ch chan<- prometheus.Metric) {
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	defer cancel()
+	for _, schema := range outboxSchemas {
+		b, err := outbox.New(schema).Backlog(ctx, c.s.cfg.Pool)
+		if err != nil {
+			ch <- prometheus.NewInvalidMetric(c.rows, err)
+			continue
+		}
+		ch <- prometheus.MustNewConstMetric(c.rows, prometheus.GaugeValue, float64(b.Rows), schema)
+		ch <- prometheus.MustNewConstMetric(c.age, prometheus.GaugeValue, b.OldestAge.Seconds(), schema)
+	}
+}
+
+// serveMetrics serves /metrics on addr until ctx ends.
+func (s *Stack) serveMetrics(ctx context.Context, addr string) error {
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		return err
+	}
+	mux := http.NewServeMux()
+	mux.Handle("GET /metrics", promhttp.HandlerFor(s.registry(), promhttp.HandlerOpts{}))
+	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
+	go func() {
+		<-ctx.Done()
+		sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+		defer cancel()
+		_ = srv.Shutdown(sctx)
+	}()
+	if err := srv.Serve(ln); !errors.Is(err, http.ErrServerClosed) {
+		return err
+	}
+	return nil
+}
