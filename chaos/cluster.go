@@ -11,7 +11,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"math/rand/v2"
 	"net"
 	"os"
 	"os/exec"
@@ -22,6 +21,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/sagaflow/sagaflow/internal/pgserver"
 	"github.com/sagaflow/sagaflow/kafkax"
 )
 
@@ -41,12 +41,13 @@ func startKafka(ctx context.Context, script, dir string, nodes int) (*kafkaClust
 	if script == "" && nodes > 1 {
 		return nil, errors.New("a three-broker cluster needs the real Kafka script (SAGAFLOW_KAFKA_SCRIPT or --kafka-script)")
 	}
-	for {
-		k.port = 41000 + rand.IntN(8000)
-		if portFree(k.port) && portFree(k.port+1) && portFree(k.port+2) && portFree(k.port+100) && portFree(k.port+101) && portFree(k.port+102) {
-			break
-		}
+	// Client ports base..base+2, controller ports base+100..base+102, all
+	// below the ephemeral range so a killed node can always restart.
+	port, err := pgserver.StablePort(103)
+	if err != nil {
+		return nil, err
 	}
+	k.port = port
 	return k, k.start(ctx)
 }
 
@@ -94,15 +95,6 @@ func (k *kafkaCluster) killNode(ctx context.Context, n int) error {
 }
 func (k *kafkaCluster) startNode(ctx context.Context, n int) error {
 	return k.run(ctx, "start-node", strconv.Itoa(n))
-}
-
-func portFree(port int) bool {
-	l, err := net.Listen("tcp", net.JoinHostPort("127.0.0.1", strconv.Itoa(port)))
-	if err != nil {
-		return false
-	}
-	_ = l.Close()
-	return true
 }
 
 // proc is one role instance: a supervised `sagaflow serve` process. The

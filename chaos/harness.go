@@ -167,7 +167,11 @@ func Run(ctx context.Context, cfg Config, sc Scenario) (*Result, error) {
 
 func (h *Harness) boot(ctx context.Context) error {
 	var err error
-	h.pg, err = pgserver.Start(ctx, pgserver.Options{Dir: filepath.Join(h.dir, "pg"), Settings: map[string]string{"max_connections": "300"}})
+	pgPort, err := pgserver.StablePort(1)
+	if err != nil {
+		return err
+	}
+	h.pg, err = pgserver.Start(ctx, pgserver.Options{Dir: filepath.Join(h.dir, "pg"), Port: pgPort, Settings: map[string]string{"max_connections": "300"}})
 	if err != nil {
 		return err
 	}
@@ -194,7 +198,7 @@ func (h *Harness) boot(ctx context.Context) error {
 	if err := kcfg.EnsureTopics(ctx, kafkax.DefaultTopics().All()...); err != nil {
 		return err
 	}
-	port, err := pgserver.FreePort()
+	port, err := pgserver.StablePort(1) // the API restarts on it after kill -9
 	if err != nil {
 		return err
 	}

@@ -10,6 +10,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"math/rand/v2"
 	"net"
 	"os"
 	"os/exec"
@@ -237,6 +238,24 @@ func FreePort() (int, error) {
 	}
 	defer l.Close()
 	return l.Addr().(*net.TCPAddr).Port, nil
+}
+
+// StablePort picks a free port on 127.0.0.1 below Linux's ephemeral range
+// (32768–60999), for a server that will be stopped and started again on the
+// same port: while it is down, an ephemeral port could be handed to some
+// client's outgoing connection and the restart would fail to bind.
+func StablePort(span int) (int, error) {
+	for range 200 {
+		base := 20000 + rand.IntN(12000-span)
+		free := true
+		for p := base; p < base+span && free; p++ {
+			free = portFree(p) == nil
+		}
+		if free {
+			return base, nil
+		}
+	}
+	return 0, errors.New("no free port between 20000 and 32000")
 }
 
 func portFree(port int) error {

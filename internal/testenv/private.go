@@ -2,8 +2,6 @@ package testenv
 
 import (
 	"context"
-	"fmt"
-	"math/rand/v2"
 	"net"
 	"os"
 	"os/exec"
@@ -13,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/sagaflow/sagaflow/internal/pgserver"
 	"github.com/sagaflow/sagaflow/kafkax"
 )
 
@@ -33,19 +32,14 @@ type PrivateKafka struct {
 func StartPrivateKafka(t testing.TB) *PrivateKafka {
 	t.Helper()
 	p := &PrivateKafka{t: t, dir: t.TempDir(), script: os.Getenv("SAGAFLOW_KAFKA_SCRIPT")}
-	if p.script != "" && RealKafka() {
-		// The script listens on the port and on port+100 (controller).
-		for {
-			p.port = 40000 + rand.IntN(9000)
-			if portFree(p.port) && portFree(p.port+100) {
-				break
-			}
-		}
-	} else {
-		var err error
-		if p.port, err = freePort(); err != nil {
-			t.Fatal(err)
-		}
+	// The broker is stopped and started again on its port (and, for the
+	// real one, its controller port +100): keep them below the ephemeral
+	// range so no client connection takes them meanwhile.
+	var err error
+	if p.port, err = pgserver.StablePort(101); err != nil {
+		t.Fatal(err)
+	}
+	if p.script == "" || !RealKafka() {
 		p.script = ""
 	}
 	p.Start()
@@ -111,22 +105,4 @@ func (p *PrivateKafka) run(cmd string) (string, error) {
 	c.Env = append(os.Environ(), "KAFKA_PORT_BASE="+strconv.Itoa(p.port), "KAFKA_WORK_DIR=")
 	out, err := c.CombinedOutput()
 	return strings.TrimSpace(string(out)), err
-}
-
-func portFree(port int) bool {
-	l, err := net.Listen("tcp", net.JoinHostPort("127.0.0.1", strconv.Itoa(port)))
-	if err != nil {
-		return false
-	}
-	_ = l.Close()
-	return true
-}
-
-func freePort() (int, error) {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return 0, fmt.Errorf("find a free port: %w", err)
-	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port, nil
 }
