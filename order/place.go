@@ -256,7 +256,7 @@ func (s *Service) Place(ctx context.Context, key string, req *PlaceRequest) (Pla
 	if err := s.queueEvent(&b, EventPlaced, orderID, sagaID, ""); err != nil {
 		return Placed{}, err
 	}
-	if err := sendBatch(ctx, tx, &b); err != nil {
+	if err := saga.SendBatch(ctx, tx, &b); err != nil {
 		return Placed{}, fmt.Errorf("start saga of order %s: %w", orderID, err)
 	}
 	if err := tx.Commit(ctx); err != nil {
@@ -306,17 +306,4 @@ func (s *Service) queueEvent(b *pgx.Batch, typ string, orderID, sagaID uuid.UUID
 		return err
 	}
 	return s.outbox.Queue(b, m)
-}
-
-// sendBatch sends b on tx and reports the first failed statement.
-func sendBatch(ctx context.Context, tx pgx.Tx, b *pgx.Batch) error {
-	n := b.Len()
-	br := tx.SendBatch(ctx, b)
-	for i := 0; i < n; i++ {
-		if _, err := br.Exec(); err != nil {
-			_ = br.Close()
-			return err
-		}
-	}
-	return br.Close()
 }

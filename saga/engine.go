@@ -165,6 +165,16 @@ func (e *Engine) StartBatch(b *pgx.Batch, sagaType string, id uuid.UUID, data js
 
 // flush sends the writes queued on b in one round trip and empties b.
 func flush(ctx context.Context, tx pgx.Tx, b *pgx.Batch) error {
+	if err := SendBatch(ctx, tx, b); err != nil {
+		return fmt.Errorf("write saga changes: %w", err)
+	}
+	return nil
+}
+
+// SendBatch sends the statements queued on b in one round trip on tx,
+// returns the first that failed, and empties b. Callers that queue saga
+// writes with StartBatch send them (and their own) with it.
+func SendBatch(ctx context.Context, tx pgx.Tx, b *pgx.Batch) error {
 	n := b.Len()
 	if n == 0 {
 		return nil
@@ -174,13 +184,10 @@ func flush(ctx context.Context, tx pgx.Tx, b *pgx.Batch) error {
 	for i := 0; i < n; i++ {
 		if _, err := br.Exec(); err != nil {
 			_ = br.Close()
-			return fmt.Errorf("write saga changes: %w", err)
+			return err
 		}
 	}
-	if err := br.Close(); err != nil {
-		return fmt.Errorf("write saga changes: %w", err)
-	}
-	return nil
+	return br.Close()
 }
 
 // HandleReply is the orchestrator's handler of replies (run behind the saga
@@ -312,7 +319,13 @@ func (e *Engine) send(b *pgx.Batch, def *Definition, in *Instance, kind Kind, ca
 func (e *Engine) finish(ctx context.Context, tx pgx.Tx, b *pgx.Batch, def *Definition, in *Instance, state State, reason string) error {
 	in.State, in.Reason, in.StepDeadline = state, reason, nil
 	e.update(b, in)
-	event := map[State]string{Completed: EventCompleted, Compensated: EventCompensated, Failed: EventFailed}[state]
+	event := EventCompleted
+	switch state {
+	case Compensated:
+		event = EventCompensated
+	case Failed:
+		event = EventFailed
+	}
 	e.history(b, in.ID, def.Steps[in.Step].Name, "", 0, event, reason, uuid.Nil)
 	// The hook runs statements of its own on tx: the saga's writes go first.
 	if err := flush(ctx, tx, b); err != nil {

@@ -143,60 +143,54 @@ type Database struct {
 // DB creates a fresh migrated database for t and drops it when t ends.
 func DB(t testing.TB) *Database {
 	t.Helper()
-	pgOnce.Do(startPostgres)
-	if pgErr != nil {
-		t.Fatalf("testenv: %v", pgErr)
-	}
-	ctx := context.Background()
+	needPostgres(t)
 	name := fmt.Sprintf("%s_t%d", template, dbSeq.Add(1))
-	admin, err := pgx.Connect(ctx, adminURL)
-	if err != nil {
-		t.Fatalf("testenv: connect to PostgreSQL: %v", err)
-	}
-	defer admin.Close(ctx)
+	// Copies of one template are made one at a time.
 	createMu.Lock()
-	_, err = admin.Exec(ctx, "CREATE DATABASE "+pgx.Identifier{name}.Sanitize()+" TEMPLATE "+pgx.Identifier{template}.Sanitize()+" STRATEGY FILE_COPY")
+	url := createDB(t, name, " TEMPLATE "+pgx.Identifier{template}.Sanitize()+" STRATEGY FILE_COPY")
 	createMu.Unlock()
-	if err != nil {
-		t.Fatalf("testenv: create database %s: %v", name, err)
-	}
-	url := withDatabase(adminURL, name)
 	cfg, err := pgxpool.ParseConfig(url)
 	if err != nil {
 		t.Fatalf("testenv: parse %s: %v", url, err)
 	}
 	cfg.MaxConns = 16
-	pool, err := pgxpool.NewWithConfig(ctx, cfg)
+	pool, err := pgxpool.NewWithConfig(context.Background(), cfg)
 	if err != nil {
 		t.Fatalf("testenv: open pool on %s: %v", name, err)
 	}
-	t.Cleanup(func() {
-		pool.Close()
-		conn, err := pgx.Connect(context.Background(), adminURL)
-		if err != nil {
-			return
-		}
-		defer conn.Close(context.Background())
-		_, _ = conn.Exec(context.Background(), "DROP DATABASE IF EXISTS "+pgx.Identifier{name}.Sanitize()+" WITH (FORCE)")
-	})
+	// Cleanups run last-in first-out: the pool closes before the drop.
+	t.Cleanup(pool.Close)
 	return &Database{URL: url, Pool: pool}
 }
 
 // EmptyDB creates an empty (unmigrated) database for t, for migration tests.
 func EmptyDB(t testing.TB) string {
 	t.Helper()
+	needPostgres(t)
+	return createDB(t, fmt.Sprintf("%s_e%d", template, dbSeq.Add(1)), "")
+}
+
+// needPostgres starts the test PostgreSQL (once per binary) and its
+// migrated template, or fails t.
+func needPostgres(t testing.TB) {
+	t.Helper()
 	pgOnce.Do(startPostgres)
 	if pgErr != nil {
 		t.Fatalf("testenv: %v", pgErr)
 	}
+}
+
+// createDB creates database name (with the CREATE DATABASE clauses in
+// options), drops it when t ends, and returns its URL.
+func createDB(t testing.TB, name, options string) string {
+	t.Helper()
 	ctx := context.Background()
-	name := fmt.Sprintf("%s_e%d", template, dbSeq.Add(1))
 	admin, err := pgx.Connect(ctx, adminURL)
 	if err != nil {
 		t.Fatalf("testenv: connect to PostgreSQL: %v", err)
 	}
 	defer admin.Close(ctx)
-	if _, err := admin.Exec(ctx, "CREATE DATABASE "+pgx.Identifier{name}.Sanitize()); err != nil {
+	if _, err := admin.Exec(ctx, "CREATE DATABASE "+pgx.Identifier{name}.Sanitize()+options); err != nil {
 		t.Fatalf("testenv: create database %s: %v", name, err)
 	}
 	t.Cleanup(func() {
