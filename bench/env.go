@@ -21,6 +21,7 @@ import (
 
 	"github.com/sagaflow/sagaflow/internal/pgserver"
 	"github.com/sagaflow/sagaflow/internal/roles"
+	"github.com/sagaflow/sagaflow/internal/uuidcodec"
 	"github.com/sagaflow/sagaflow/kafkax"
 	"github.com/sagaflow/sagaflow/migrations"
 	"github.com/sagaflow/sagaflow/order"
@@ -139,6 +140,7 @@ func startInProcess(ctx context.Context, cfg *Config) (_ *env, err error) {
 		return nil, fmt.Errorf("database URL: %w", err)
 	}
 	pcfg.MaxConns = int32(cfg.DBMaxConns)
+	uuidcodec.Register(pcfg)
 	if e.pool, err = pgxpool.NewWithConfig(ctx, pcfg); err != nil {
 		return nil, fmt.Errorf("open database pool: %w", err)
 	}

@@ -1,12 +1,12 @@
 package order
 
 import (
-	"context"
 	"encoding/json"
 	"fmt"
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
 
 	"github.com/sagaflow/sagaflow/kafkax"
 	"github.com/sagaflow/sagaflow/saga"
@@ -49,26 +49,25 @@ func (s *Service) NewDefinition(cfg SagaConfig) *saga.Definition {
 	}
 }
 
-func (s *Service) onCompleted(ctx context.Context, tx pgx.Tx, in *saga.Instance) error {
-	return s.settle(ctx, tx, in, Confirmed, EventConfirmed, "")
+func (s *Service) onCompleted(b *pgx.Batch, in *saga.Instance) error {
+	return s.settle(b, in, Confirmed, EventConfirmed, "")
 }
 
-func (s *Service) onCancelled(ctx context.Context, tx pgx.Tx, in *saga.Instance) error {
-	return s.settle(ctx, tx, in, Cancelled, EventCancelled, in.Reason)
+func (s *Service) onCancelled(b *pgx.Batch, in *saga.Instance) error {
+	return s.settle(b, in, Cancelled, EventCancelled, in.Reason)
 }
 
-// settle records the saga's outcome on its order and publishes the event.
-func (s *Service) settle(ctx context.Context, tx pgx.Tx, in *saga.Instance, status Status, event, reason string) error {
+// settle queues the saga's outcome on its order and the order event.
+func (s *Service) settle(b *pgx.Batch, in *saga.Instance, status Status, event, reason string) error {
 	var d Data
 	if err := json.Unmarshal(in.Data, &d); err != nil {
 		return fmt.Errorf("decode order of saga %s: %w", in.ID, err)
 	}
-	tag, err := tx.Exec(ctx, sqlSettleOrder, d.OrderID, string(status), reason)
-	if err != nil {
-		return fmt.Errorf("mark order %s %s: %w", d.OrderID, status, err)
-	}
-	if tag.RowsAffected() != 1 {
-		return fmt.Errorf("mark order %s %s: the order is missing or not pending", d.OrderID, status)
-	}
-	return s.event(ctx, tx, event, d.OrderID, in.ID, reason)
+	b.Queue(sqlSettleOrder, d.OrderID, string(status), reason).Exec(func(tag pgconn.CommandTag) error {
+		if tag.RowsAffected() != 1 {
+			return fmt.Errorf("mark order %s %s: the order is missing or not pending", d.OrderID, status)
+		}
+		return nil
+	})
+	return s.queueEvent(b, event, d.OrderID, in.ID, reason)
 }

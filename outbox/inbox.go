@@ -27,15 +27,43 @@ type Inbox struct {
 	pool     *pgxpool.Pool
 	q        queries
 	consumer string
+	group    group
+	batch    BatchHandler
 
 	handled    atomic.Int64
 	duplicates atomic.Int64
+	batches    atomic.Int64
 }
 
+// DefaultMaxBatch is how many messages Wrap commits in one transaction at
+// most.
+const DefaultMaxBatch = 64
+
+// DefaultParallel is how many shared transactions an inbox's Wrap has in
+// flight at once. One leaves a consumer's messages waiting on a single
+// transaction's round trips; many make the batches small. Two measured best
+// on two cores (sagaflow bench: 1 → 347, 2 → 364, 4 → 306 sagas/s).
+const DefaultParallel = 2
+
 // NewInbox returns the inbox of consumer (a consumer group name) in the
-// given schema's inbox table.
+// given schema's inbox table. Its Wrap commits up to DefaultMaxBatch
+// messages handled at once in one transaction (see SetMaxBatch).
 func NewInbox(pool *pgxpool.Pool, schema, consumer string) *Inbox {
-	return &Inbox{pool: pool, q: newQueries(schema), consumer: consumer}
+	in := &Inbox{pool: pool, q: newQueries(schema), consumer: consumer}
+	in.group.max = DefaultMaxBatch
+	in.group.par = DefaultParallel
+	return in
+}
+
+// SetBatchHandler gives Wrap's shared transactions a set-at-a-time handler
+// for the messages it takes. Call it before the inbox handles messages.
+func (in *Inbox) SetBatchHandler(b BatchHandler) { in.batch = b }
+
+// SetMaxBatch sets how many messages Wrap commits in one transaction at
+// most; 1 gives every message a transaction of its own. Call it before the
+// inbox handles messages.
+func (in *Inbox) SetMaxBatch(n int) {
+	in.group.max = max(n, 1)
 }
 
 // Consumer is the consumer name recorded with each message.
@@ -46,11 +74,24 @@ func (in *Inbox) Consumer() string { return in.consumer }
 func (in *Inbox) Handled() int64    { return in.handled.Load() }
 func (in *Inbox) Duplicates() int64 { return in.duplicates.Load() }
 
+// Transactions counts the transactions Wrap committed (a batch of messages
+// each); Handled()/Transactions() is the mean batch size.
+func (in *Inbox) Transactions() int64 { return in.batches.Load() }
+
 // Wrap returns a watermill handler that runs h exactly once per message id:
-// it opens a transaction, claims (consumer, message id) in the inbox, runs h,
-// and commits; the caller acks after it returns nil. A message already
+// it claims (consumer, message id) in the inbox, runs h and commits in one
+// transaction; the caller acks after it returns nil. A message already
 // claimed by a committed transaction is skipped (and acked); one claimed by
 // a transaction still in flight waits for it.
+//
+// Messages handled at the same time (one per partition the consumer holds)
+// share a transaction: group commit. The first to arrive runs at once;
+// those that arrive while a transaction is in flight wait for it and then
+// go together, up to the inbox's batch size, in the next: one claim
+// statement, their handlers in turn, one commit. Each returns only after
+// that commit, so nothing is acked before its effect is durable. A handler
+// that fails fails only its own message, with its own error (the others go
+// again, each in a transaction of its own), and so does a panic.
 func (in *Inbox) Wrap(h Handler) message.NoPublishHandlerFunc {
 	return func(msg *message.Message) error {
 		id, err := uuid.Parse(msg.UUID)
@@ -58,7 +99,7 @@ func (in *Inbox) Wrap(h Handler) message.NoPublishHandlerFunc {
 			return Permanent(fmt.Errorf("message id %q is not a UUID: %w", msg.UUID, err))
 		}
 		ctx := msg.Context()
-		dup, err := in.Handle(ctx, id, func(ctx context.Context, tx pgx.Tx) error { return h(ctx, tx, msg) })
+		dup, err := in.handleGrouped(ctx, id, msg, func(ctx context.Context, tx pgx.Tx) error { return h(ctx, tx, msg) })
 		if err != nil {
 			return err
 		}
@@ -186,6 +227,9 @@ type ConsumerConfig struct {
 	Inbox *Inbox
 	// Handler applies each message.
 	Handler Handler
+	// Batch, when set, applies together the messages of a shared
+	// transaction that it takes (see BatchHandler); Handler the others.
+	Batch BatchHandler
 	// DeadLetter publishes messages that failed for good to DeadLetterTopic
 	// (default Name + ".dlq").
 	DeadLetter      message.Publisher
@@ -247,6 +291,9 @@ func AddConsumer(router *message.Router, c ConsumerConfig) error {
 		ShouldRetry: func(p middleware.RetryParams) bool {
 			return !IsPermanent(p.Err)
 		},
+	}
+	if c.Batch != nil {
+		c.Inbox.SetBatchHandler(c.Batch)
 	}
 	handle := c.Inbox.Wrap(c.Handler)
 	if c.AfterCommit != nil {

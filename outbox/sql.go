@@ -29,6 +29,9 @@ type queries struct {
 	// for the first delivery and the number of earlier deliveries for a
 	// redelivery; a concurrent delivery waits on the row lock of the first.
 	inboxClaim string
+	// inboxClaimMany is inboxClaim for the ids $2 (distinct, in order): it
+	// returns each id with its count of earlier deliveries.
+	inboxClaimMany string
 	// inboxPurge deletes up to $2 processed rows received before $1.
 	inboxPurge string
 	// duplicates sums the redeliveries the inbox absorbed.
@@ -54,6 +57,10 @@ ORDER BY m.ord`, s),
 		inboxClaim: fmt.Sprintf(`INSERT INTO %s.inbox AS i (consumer, message_id) VALUES ($1, $2)
 ON CONFLICT (consumer, message_id) DO UPDATE SET duplicates = i.duplicates + 1
 RETURNING duplicates`, s),
+		inboxClaimMany: fmt.Sprintf(`INSERT INTO %s.inbox AS i (consumer, message_id)
+SELECT $1, id FROM unnest($2::uuid[]) WITH ORDINALITY AS m(id, ord) ORDER BY m.ord
+ON CONFLICT (consumer, message_id) DO UPDATE SET duplicates = i.duplicates + 1
+RETURNING message_id, duplicates`, s),
 		inboxPurge: fmt.Sprintf(`DELETE FROM %[1]s.inbox WHERE ctid = ANY(ARRAY(
 	SELECT ctid FROM %[1]s.inbox WHERE received_at < $1 LIMIT $2))`, s),
 		duplicates: fmt.Sprintf(`SELECT COALESCE(sum(duplicates), 0)::bigint FROM %s.inbox`, s),

@@ -10,7 +10,6 @@
 package saga
 
 import (
-	"context"
 	"errors"
 	"fmt"
 	"math/rand/v2"
@@ -87,10 +86,13 @@ type Step struct {
 	CompensationRetry RetryPolicy
 }
 
-// Hook runs inside the transaction that ends a saga, for the application to
-// record the outcome (the order saga confirms or cancels its order and
-// publishes an order event through its outbox).
-type Hook func(ctx context.Context, tx pgx.Tx, inst *Instance) error
+// Hook queues, on the batch of statements of the transaction that ends a
+// saga, the application's record of the outcome (the order saga confirms or
+// cancels its order and publishes an order event through its outbox). The
+// batch is sent after the hook returns, in one round trip with the saga's
+// own writes; a check on a statement's result goes in a callback
+// (QueuedQuery.Exec), whose error rolls the transaction back.
+type Hook func(b *pgx.Batch, inst *Instance) error
 
 // Definition is a saga type.
 type Definition struct {

@@ -172,22 +172,17 @@ func flush(ctx context.Context, tx pgx.Tx, b *pgx.Batch) error {
 }
 
 // SendBatch sends the statements queued on b in one round trip on tx,
-// returns the first that failed, and empties b. Callers that queue saga
+// runs their callbacks (QueuedQuery.Exec and friends), returns the first
+// error, and empties b. Callers that queue saga
 // writes with StartBatch send them (and their own) with it.
 func SendBatch(ctx context.Context, tx pgx.Tx, b *pgx.Batch) error {
-	n := b.Len()
-	if n == 0 {
+	if b.Len() == 0 {
 		return nil
 	}
-	br := tx.SendBatch(ctx, b)
 	defer func() { *b = pgx.Batch{} }()
-	for i := 0; i < n; i++ {
-		if _, err := br.Exec(); err != nil {
-			_ = br.Close()
-			return err
-		}
-	}
-	return br.Close()
+	// Close reads every result, runs the queued queries' callbacks and
+	// returns the first error.
+	return tx.SendBatch(ctx, b).Close()
 }
 
 // HandleReply is the orchestrator's handler of replies (run behind the saga
@@ -205,9 +200,8 @@ func (e *Engine) HandleReply(ctx context.Context, tx pgx.Tx, msg *message.Messag
 	return flush(ctx, tx, &b)
 }
 
-// apply moves the saga that reply r answers. Its writes are queued on b
-// (the engine's transaction sends them in one round trip), except that a
-// saga's end flushes b before the definition's hook runs.
+// apply locks the saga that reply r answers and moves it. Its writes are
+// queued on b (the engine's transaction sends them in one round trip).
 func (e *Engine) apply(ctx context.Context, tx pgx.Tx, b *pgx.Batch, r Reply, msgID uuid.UUID) error {
 	in, err := scanInstance(tx.QueryRow(ctx, sqlLockInstance, r.SagaID))
 	if errors.Is(err, pgx.ErrNoRows) {
@@ -216,6 +210,11 @@ func (e *Engine) apply(ctx context.Context, tx pgx.Tx, b *pgx.Batch, r Reply, ms
 	if err != nil {
 		return fmt.Errorf("lock saga %s: %w", r.SagaID, err)
 	}
+	return e.move(b, in, r, msgID)
+}
+
+// move moves saga in (locked) as reply r says, queuing its writes on b.
+func (e *Engine) move(b *pgx.Batch, in *Instance, r Reply, msgID uuid.UUID) error {
 	def, ok := e.defs[in.Type]
 	if !ok {
 		return fmt.Errorf("saga %s has type %q, which this orchestrator does not run", in.ID, in.Type)
@@ -239,17 +238,17 @@ func (e *Engine) apply(ctx context.Context, tx pgx.Tx, b *pgx.Batch, r Reply, ms
 		e.history(b, in.ID, step.Name, KindAction, r.Attempt, EventSucceeded, "", msgID)
 		in.Completed = idx + 1
 		if idx+1 == len(def.Steps) {
-			return e.finish(ctx, tx, b, def, in, Completed, "")
+			return e.finish(b, def, in, Completed, "")
 		}
 		in.Step, in.Attempt = idx+1, 1
 		return e.advance(b, def, in, KindAction, msgID.String())
 	case r.Kind == KindAction && r.Outcome == Refused:
 		e.history(b, in.ID, step.Name, KindAction, r.Attempt, EventRefused, r.Reason, msgID)
 		// A refusal made no change, so the refusing step needs no undo.
-		return e.compensate(ctx, tx, b, def, in, idx-1, fmt.Sprintf("%s refused: %s", step.Name, r.Reason), msgID.String())
+		return e.compensate(b, def, in, idx-1, fmt.Sprintf("%s refused: %s", step.Name, r.Reason), msgID.String())
 	case r.Kind == KindCompensation && r.Outcome == Succeeded:
 		e.history(b, in.ID, step.Name, KindCompensation, r.Attempt, EventSucceeded, "", msgID)
-		return e.compensate(ctx, tx, b, def, in, idx-1, in.Reason, msgID.String())
+		return e.compensate(b, def, in, idx-1, in.Reason, msgID.String())
 	default: // a compensation refused: it must finish, so the deadline resends it
 		e.metrics.compensationRefused.Add(1)
 		e.history(b, in.ID, step.Name, KindCompensation, r.Attempt, EventRefused, r.Reason+" (will resend)", msgID)
@@ -259,7 +258,7 @@ func (e *Engine) apply(ctx context.Context, tx pgx.Tx, b *pgx.Batch, r Reply, ms
 
 // compensate moves the saga to the compensation of the newest step at or
 // below from that needs one, or ends it when none is left.
-func (e *Engine) compensate(ctx context.Context, tx pgx.Tx, b *pgx.Batch, def *Definition, in *Instance, from int, reason, causation string) error {
+func (e *Engine) compensate(b *pgx.Batch, def *Definition, in *Instance, from int, reason, causation string) error {
 	in.Reason = reason
 	for j := from; j >= 0; j-- {
 		if def.Steps[j].CompensationType == "" {
@@ -274,9 +273,9 @@ func (e *Engine) compensate(ctx context.Context, tx pgx.Tx, b *pgx.Batch, def *D
 	}
 	if in.State == Running {
 		// Nothing was done, so nothing is undone.
-		return e.finish(ctx, tx, b, def, in, Failed, reason)
+		return e.finish(b, def, in, Failed, reason)
 	}
-	return e.finish(ctx, tx, b, def, in, Compensated, reason)
+	return e.finish(b, def, in, Compensated, reason)
 }
 
 // advance stores the saga's new step and attempt and sends the command.
@@ -315,8 +314,9 @@ func (e *Engine) send(b *pgx.Batch, def *Definition, in *Instance, kind Kind, ca
 	return nil
 }
 
-// finish ends the saga in a terminal state and runs the definition's hook.
-func (e *Engine) finish(ctx context.Context, tx pgx.Tx, b *pgx.Batch, def *Definition, in *Instance, state State, reason string) error {
+// finish ends the saga in a terminal state and runs the definition's hook,
+// which queues its writes after the saga's.
+func (e *Engine) finish(b *pgx.Batch, def *Definition, in *Instance, state State, reason string) error {
 	in.State, in.Reason, in.StepDeadline = state, reason, nil
 	e.update(b, in)
 	event := EventCompleted
@@ -327,10 +327,6 @@ func (e *Engine) finish(ctx context.Context, tx pgx.Tx, b *pgx.Batch, def *Defin
 		event = EventFailed
 	}
 	e.history(b, in.ID, def.Steps[in.Step].Name, "", 0, event, reason, uuid.Nil)
-	// The hook runs statements of its own on tx: the saga's writes go first.
-	if err := flush(ctx, tx, b); err != nil {
-		return err
-	}
 	hook := def.OnCancelled
 	if state == Completed {
 		hook = def.OnCompleted
@@ -339,7 +335,7 @@ func (e *Engine) finish(ctx context.Context, tx pgx.Tx, b *pgx.Batch, def *Defin
 		e.metrics.cancelled.Add(1)
 	}
 	if hook != nil {
-		if err := hook(ctx, tx, in); err != nil {
+		if err := hook(b, in); err != nil {
 			return fmt.Errorf("%s hook of saga %s: %w", state, in.ID, err)
 		}
 	}
@@ -393,7 +389,7 @@ func (e *Engine) SweepOnce(ctx context.Context, limit int) (int, error) {
 	}
 	var b pgx.Batch
 	for _, in := range due {
-		if err := e.timeout(ctx, tx, &b, in); err != nil {
+		if err := e.timeout(&b, in); err != nil {
 			return 0, err
 		}
 	}
@@ -406,7 +402,7 @@ func (e *Engine) SweepOnce(ctx context.Context, limit int) (int, error) {
 	return len(due), nil
 }
 
-func (e *Engine) timeout(ctx context.Context, tx pgx.Tx, b *pgx.Batch, in *Instance) error {
+func (e *Engine) timeout(b *pgx.Batch, in *Instance) error {
 	def, ok := e.defs[in.Type]
 	if !ok {
 		return nil // another orchestrator's saga type
@@ -426,7 +422,7 @@ func (e *Engine) timeout(ctx context.Context, tx pgx.Tx, b *pgx.Batch, in *Insta
 			why = fmt.Sprintf("%s did not answer before the saga's deadline", step.Name)
 		}
 		e.history(b, in.ID, step.Name, KindAction, in.Attempt, EventTimedOut, why, uuid.Nil)
-		return e.compensate(ctx, tx, b, def, in, in.Step, why, "")
+		return e.compensate(b, def, in, in.Step, why, "")
 	}
 	// Compensating.
 	if in.Attempt >= step.CompensationRetry.MaxAttempts {
@@ -464,7 +460,7 @@ func (e *Engine) Resolve(ctx context.Context, id uuid.UUID, note string) (*Insta
 			return fmt.Errorf("saga %s is %s, only a stuck saga can be resolved: %w", id, in.State, ErrConflict)
 		}
 		e.history(b, in.ID, def.Steps[in.Step].Name, KindCompensation, in.Attempt, EventOperatorResolved, note, uuid.Nil)
-		return e.finish(ctx, tx, b, def, in, Compensated, in.Reason)
+		return e.finish(b, def, in, Compensated, in.Reason)
 	})
 }
 

@@ -53,11 +53,11 @@ func threeSteps(timeout time.Duration, attempts, compAttempts int, compensateLas
 func setup(t *testing.T, def *saga.Definition) *env {
 	t.Helper()
 	e := &env{t: t, db: testenv.DB(t), ended: map[uuid.UUID]string{}}
-	def.OnCompleted = func(ctx context.Context, tx pgx.Tx, in *saga.Instance) error {
+	def.OnCompleted = func(_ *pgx.Batch, in *saga.Instance) error {
 		e.ended[in.ID] = "completed"
 		return nil
 	}
-	def.OnCancelled = func(ctx context.Context, tx pgx.Tx, in *saga.Instance) error {
+	def.OnCancelled = func(_ *pgx.Batch, in *saga.Instance) error {
 		e.ended[in.ID] = "cancelled: " + in.Reason
 		return nil
 	}

@@ -2,11 +2,15 @@ package saga
 
 import (
 	"context"
+	"fmt"
 	"log/slog"
+	"slices"
 	"sync/atomic"
 	"time"
 
 	"github.com/ThreeDotsLabs/watermill/message"
+	"github.com/google/uuid"
+	"github.com/jackc/pgx/v5"
 
 	"github.com/sagaflow/sagaflow/outbox"
 )
@@ -57,6 +61,7 @@ func (e *Engine) Register(router *message.Router, cfg OrchestratorConfig) error 
 		Subscriber:      cfg.Subscriber,
 		Inbox:           outbox.NewInbox(e.pool, "saga", cfg.Group),
 		Handler:         e.HandleReply,
+		Batch:           replyBatch{e},
 		DeadLetter:      cfg.DeadLetter,
 		DeadLetterTopic: cfg.DeadLetterTopic,
 		Logger:          cfg.Logger,
@@ -94,4 +99,81 @@ func (e *Engine) RunSweeper(ctx context.Context, interval time.Duration, batch i
 		case <-t.C:
 		}
 	}
+}
+
+// replyBatch is the engine's outbox.BatchHandler: the replies of a shared
+// transaction lock their sagas with one statement and send every write in
+// one round trip.
+type replyBatch struct{ e *Engine }
+
+// Take takes the replies that decode; the others go through HandleReply,
+// which dead-letters them.
+func (replyBatch) Take(msg *message.Message) (any, bool) {
+	r, err := DecodeReply(msg)
+	if err != nil {
+		return nil, false
+	}
+	id, err := uuid.Parse(msg.UUID)
+	if err != nil {
+		return nil, false
+	}
+	return idReply{id, r}, true
+}
+
+type idReply struct {
+	id uuid.UUID
+	r  Reply
+}
+
+// HandleBatch applies replies together.
+func (rb replyBatch) HandleBatch(ctx context.Context, tx pgx.Tx, items []any) error {
+	replies := make([]Reply, len(items))
+	ids := make([]uuid.UUID, len(items))
+	for i, it := range items {
+		ir := it.(idReply)
+		ids[i], replies[i] = ir.id, ir.r
+	}
+	return rb.e.HandleReplies(ctx, tx, ids, replies)
+}
+
+// HandleReplies is HandleReply for many decoded replies (msgIDs[i] is the
+// id of the message that carried replies[i]) in one transaction: it locks
+// their sagas in one statement (in id order) and moves each in turn,
+// sending every write in one round trip. Any error is the batch's: the
+// caller handles the replies one by one instead.
+func (e *Engine) HandleReplies(ctx context.Context, tx pgx.Tx, msgIDs []uuid.UUID, replies []Reply) error {
+	ids := make([]uuid.UUID, 0, len(replies))
+	for _, r := range replies {
+		ids = append(ids, r.SagaID)
+	}
+	slices.SortFunc(ids, func(a, b uuid.UUID) int { return slices.Compare(a[:], b[:]) })
+	ids = slices.Compact(ids)
+	rows, err := tx.Query(ctx, sqlLockInstances, ids)
+	if err != nil {
+		return fmt.Errorf("lock %d sagas: %w", len(ids), err)
+	}
+	locked := make(map[uuid.UUID]*Instance, len(ids))
+	for rows.Next() {
+		in, err := scanInstance(rows)
+		if err != nil {
+			rows.Close()
+			return fmt.Errorf("lock %d sagas: %w", len(ids), err)
+		}
+		locked[in.ID] = in
+	}
+	rows.Close()
+	if err := rows.Err(); err != nil {
+		return fmt.Errorf("lock %d sagas: %w", len(ids), err)
+	}
+	var b pgx.Batch
+	for i, r := range replies {
+		in, ok := locked[r.SagaID]
+		if !ok {
+			return fmt.Errorf("reply %s for unknown saga %s", msgIDs[i], r.SagaID)
+		}
+		if err := e.move(&b, in, r, msgIDs[i]); err != nil {
+			return err
+		}
+	}
+	return flush(ctx, tx, &b)
 }

@@ -10,6 +10,12 @@ VALUES ($1, $2, 'running', 0, 1, $3, $4, $5)`
 	created_at, updated_at, ended_at
 FROM saga.instances WHERE id = $1 FOR UPDATE`
 
+	// sqlLockInstances locks the sagas $1 in id order (so two batches
+	// cannot deadlock).
+	sqlLockInstances = `SELECT id, type, state, step, attempt, completed, data, COALESCE(reason, ''), step_deadline, deadline, version,
+	created_at, updated_at, ended_at
+FROM saga.instances WHERE id = ANY($1) ORDER BY id FOR UPDATE`
+
 	sqlUpdateInstance = `UPDATE saga.instances
 SET state = $2, step = $3, attempt = $4, completed = $5, reason = NULLIF($6, ''), step_deadline = $7,
 	version = version + 1, updated_at = now(),

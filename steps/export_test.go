@@ -10,17 +10,20 @@ import (
 )
 
 // NewHalfwayRefuser returns an inventory participant whose action takes
-// every unit of SKU A and then refuses, as an effect that finds a refusal
-// halfway would: the tests use it to show the partial effect is undone.
+// every unit of SKU A (queues the write) and then refuses, as an effect
+// that finds a refusal halfway would: the tests use it to show the partial
+// effect is dropped.
 func NewHalfwayRefuser(cfg Config) (*Participant, error) {
 	return newParticipant(order.StepInventory, cfg.Topics.InventoryCommands, order.TypeReserve, order.TypeRelease, halfwayRefuser{}, cfg)
 }
 
 type halfwayRefuser struct{ inventory }
 
-func (halfwayRefuser) apply(ctx context.Context, tx pgx.Tx, _ uuid.UUID, _ *order.Data) (string, error) {
-	if _, err := tx.Exec(ctx, `UPDATE inventory.stock SET available = 0 WHERE sku = 'A'`); err != nil {
-		return "", err
+func (halfwayRefuser) apply(_ context.Context, _ pgx.Tx, b *pgx.Batch, ids []uuid.UUID, _ []*order.Data) ([]string, error) {
+	b.Queue(`UPDATE inventory.stock SET available = 0 WHERE sku = 'A'`)
+	refusals := make([]string, len(ids))
+	for i := range refusals {
+		refusals[i] = "refused halfway"
 	}
-	return "refused halfway", nil
+	return refusals, nil
 }

@@ -64,15 +64,26 @@ func (inventory) validate(d *order.Data) error {
 	return nil
 }
 
-func (inventory) apply(ctx context.Context, tx pgx.Tx, sagaID uuid.UUID, d *order.Data) (string, error) {
-	skus, qty := lines(d.Items)
+func (inventory) apply(ctx context.Context, tx pgx.Tx, b *pgx.Batch, ids []uuid.UUID, ds []*order.Data) ([]string, error) {
+	type want struct {
+		skus []string
+		qty  []int32
+	}
+	wants := make([]want, len(ds))
+	var all []string
+	for i, d := range ds {
+		wants[i].skus, wants[i].qty = lines(d.Items)
+		all = append(all, wants[i].skus...)
+	}
+	slices.Sort(all)
+	all = slices.Compact(all)
 	// Lock the stock rows in SKU order, so that two reservations of the
 	// same SKUs queue instead of deadlocking.
-	rows, err := tx.Query(ctx, `SELECT sku, available FROM inventory.stock WHERE sku = ANY($1) ORDER BY sku FOR UPDATE`, skus)
+	rows, err := tx.Query(ctx, `SELECT sku, available FROM inventory.stock WHERE sku = ANY($1) ORDER BY sku FOR UPDATE`, all)
 	if err != nil {
-		return "", fmt.Errorf("lock stock: %w", err)
+		return nil, fmt.Errorf("lock stock: %w", err)
 	}
-	available := make(map[string]int32, len(skus))
+	available := make(map[string]int32, len(all))
 	var (
 		sku string
 		n   int32
@@ -82,34 +93,59 @@ func (inventory) apply(ctx context.Context, tx pgx.Tx, sagaID uuid.UUID, d *orde
 		return nil
 	})
 	if err != nil {
-		return "", fmt.Errorf("lock stock: %w", err)
+		return nil, fmt.Errorf("lock stock: %w", err)
 	}
+	// Decide in turn against what the earlier actions left; the rows are
+	// locked, so the writes cannot be refused.
+	refusals := make([]string, len(ds))
+	taken := map[string]int32{}
+	for i, w := range wants {
+		for j, s := range w.skus {
+			a, ok := available[s]
+			if !ok {
+				refusals[i] = "unknown SKU " + s
+				break
+			}
+			if a < w.qty[j] {
+				refusals[i] = "out of stock: SKU " + s
+				break
+			}
+		}
+		if refusals[i] != "" {
+			continue
+		}
+		for j, s := range w.skus {
+			available[s] -= w.qty[j]
+			taken[s] += w.qty[j]
+		}
+		b.Queue(`INSERT INTO inventory.reservations (saga_id, sku, quantity)
+		SELECT $1, u.sku, u.q FROM unnest($2::text[], $3::int[]) AS u(sku, q)`, ids[i], w.skus, w.qty)
+	}
+	if len(taken) == 0 {
+		return refusals, nil
+	}
+	skus := make([]string, 0, len(taken))
+	for s := range taken {
+		skus = append(skus, s)
+	}
+	slices.Sort(skus)
+	qty := make([]int32, len(skus))
 	for i, s := range skus {
-		a, ok := available[s]
-		if !ok {
-			return "unknown SKU " + s, nil
-		}
-		if a < qty[i] {
-			return "out of stock: SKU " + s, nil
-		}
+		qty[i] = taken[s]
 	}
-	tag, err := tx.Exec(ctx, `UPDATE inventory.stock AS s SET available = s.available - u.q
+	count := int64(len(skus))
+	b.Queue(`UPDATE inventory.stock AS s SET available = s.available - u.q
 		FROM unnest($1::text[], $2::int[]) AS u(sku, q)
-		WHERE s.sku = u.sku AND s.available >= u.q`, skus, qty)
-	if err != nil {
-		return "", fmt.Errorf("take stock: %w", err)
-	}
-	if tag.RowsAffected() != int64(len(skus)) {
-		return "", fmt.Errorf("took stock of %d SKUs, want %d", tag.RowsAffected(), len(skus))
-	}
-	if _, err := tx.Exec(ctx, `INSERT INTO inventory.reservations (saga_id, sku, quantity)
-		SELECT $1, u.sku, u.q FROM unnest($2::text[], $3::int[]) AS u(sku, q)`, sagaID, skus, qty); err != nil {
-		return "", fmt.Errorf("record reservation: %w", err)
-	}
-	return "", nil
+		WHERE s.sku = u.sku AND s.available >= u.q`, skus, qty).Exec(func(tag pgconn.CommandTag) error {
+		if tag.RowsAffected() != count {
+			return fmt.Errorf("took stock of %d SKUs, want %d", tag.RowsAffected(), count)
+		}
+		return nil
+	})
+	return refusals, nil
 }
 
-func (inventory) undo(ctx context.Context, tx pgx.Tx, sagaID uuid.UUID) error {
+func (inventory) undo(ctx context.Context, tx pgx.Tx, _ *pgx.Batch, sagaID uuid.UUID) error {
 	rows, err := tx.Query(ctx, `UPDATE inventory.reservations SET released_at = now()
 		WHERE saga_id = $1 AND released_at IS NULL RETURNING sku, quantity`, sagaID)
 	if err != nil {

@@ -21,9 +21,12 @@
 //	compensation  none          none (action not seen)   tombstone     Succeeded
 //
 // The row is locked first (a transaction-scoped advisory lock on the saga and
-// step, then SELECT … FOR UPDATE), so concurrent deliveries of one saga's
-// commands serialise. The effect, the row, the reply in the participant's
-// outbox and the inbox claim commit in one transaction.
+// step, then SELECT … FOR UPDATE, sent together), so concurrent deliveries of
+// one saga's commands serialise. An effect decides whether it can be done
+// before it writes anything (inventory locks its stock rows to decide), and
+// its writes, the row and the reply in the participant's outbox go to
+// PostgreSQL in one round trip; with the inbox claim they commit in one
+// transaction.
 //
 // A fault (bad payload, database error, injected error) is never a reply: the
 // handler returns an error, which is retried and then dead-lettered.
@@ -124,11 +127,15 @@ type effect interface {
 	// validate checks an action's data; its error makes the command
 	// permanent (dead-lettered).
 	validate(d *order.Data) error
-	// apply runs the action's effect in tx (a savepoint). A non-empty
-	// refusal is a business refusal: the savepoint is rolled back.
-	apply(ctx context.Context, tx pgx.Tx, sagaID uuid.UUID, d *order.Data) (refusal string, err error)
-	// undo reverses the effect apply made for the saga.
-	undo(ctx context.Context, tx pgx.Tx, sagaID uuid.UUID) error
+	// apply decides whether the actions of sagas ids (one, or a batch)
+	// with data ds can be done, reading (and locking) on tx what it needs
+	// to, and queues their writes on b. A non-empty refusals[i] is a
+	// business refusal of action i, which queues nothing (it must not
+	// write on tx before it has decided).
+	apply(ctx context.Context, tx pgx.Tx, b *pgx.Batch, ids []uuid.UUID, ds []*order.Data) (refusals []string, err error)
+	// undo reverses the effect apply made for the saga, on tx or queued on
+	// b.
+	undo(ctx context.Context, tx pgx.Tx, b *pgx.Batch, sagaID uuid.UUID) error
 }
 
 // Participant is one participant of the order saga: it handles the action
@@ -241,6 +248,7 @@ func (p *Participant) Register(router *message.Router, sub message.Subscriber, d
 		Subscriber:       sub,
 		Inbox:            p.inbox,
 		Handler:          p.Handle,
+		Batch:            actionBatch{p},
 		DeadLetter:       deadLetter,
 		DeadLetterTopic:  p.DeadLetterTopic(),
 		MaxRetries:       p.cfg.MaxRetries,
@@ -270,6 +278,11 @@ func (p *Participant) Handle(ctx context.Context, tx pgx.Tx, msg *message.Messag
 		log.Warn("injected drop: the command is consumed without effect or reply")
 		return nil
 	case modeDelay:
+		if outbox.Grouped(ctx) {
+			// Sleeping here would hold up every message sharing the
+			// transaction.
+			return outbox.ErrRunAlone
+		}
 		log.Warn("injected delay", "delay", m.delay)
 		t := time.NewTimer(m.delay)
 		select {
@@ -283,11 +296,12 @@ func (p *Participant) Handle(ctx context.Context, tx pgx.Tx, msg *message.Messag
 	var (
 		outcome saga.Outcome
 		reason  string
+		b       pgx.Batch
 	)
 	if cmd.Kind == saga.KindAction {
-		outcome, reason, err = p.action(ctx, tx, cmd, &data, m.kind == modeRefuse)
+		outcome, reason, err = p.action(ctx, tx, &b, cmd, &data, m.kind == modeRefuse)
 	} else {
-		outcome, reason, err = p.compensate(ctx, tx, cmd, m.kind == modeRefuse)
+		outcome, reason, err = p.compensate(ctx, tx, &b, cmd, m.kind == modeRefuse)
 	}
 	if err != nil {
 		return fmt.Errorf("%s %s of saga %s: %w", p.name, cmd.Kind, cmd.SagaID, err)
@@ -296,8 +310,11 @@ func (p *Participant) Handle(ctx context.Context, tx pgx.Tx, msg *message.Messag
 	if err != nil {
 		return err
 	}
-	if err := p.out.Write(ctx, tx, reply); err != nil {
+	if err := p.out.Queue(&b, reply); err != nil {
 		return err
+	}
+	if err := saga.SendBatch(ctx, tx, &b); err != nil {
+		return fmt.Errorf("%s %s of saga %s: write the outcome: %w", p.name, cmd.Kind, cmd.SagaID, err)
 	}
 	if outcome == saga.Refused {
 		log.Info("refused", "reason", reason)
@@ -392,8 +409,9 @@ func decodeData(raw json.RawMessage, d *order.Data) error {
 	return nil
 }
 
-// action runs an action command (see the package documentation's table).
-func (p *Participant) action(ctx context.Context, tx pgx.Tx, cmd saga.Command, d *order.Data, refuse bool) (saga.Outcome, string, error) {
+// action runs an action command (see the package documentation's table);
+// its writes are queued on b.
+func (p *Participant) action(ctx context.Context, tx pgx.Tx, b *pgx.Batch, cmd saga.Command, d *order.Data, refuse bool) (saga.Outcome, string, error) {
 	status, reason, found, err := p.lockStep(ctx, tx, cmd)
 	if err != nil {
 		return "", "", err
@@ -414,40 +432,26 @@ func (p *Participant) action(ctx context.Context, tx pgx.Tx, cmd saga.Command, d
 	}
 	refusal := ReasonInjected
 	if !refuse {
-		// A savepoint, so that a refusal found halfway undoes what the
-		// effect did so far.
-		sp, err := tx.Begin(ctx)
-		if err != nil {
-			return "", "", fmt.Errorf("savepoint: %w", err)
-		}
-		refusal, err = p.fx.apply(ctx, sp, cmd.SagaID, d)
+		refusals, err := p.fx.apply(ctx, tx, b, []uuid.UUID{cmd.SagaID}, []*order.Data{d})
 		if err != nil {
 			return "", "", err
 		}
-		if refusal != "" {
-			err = sp.Rollback(ctx)
-		} else {
-			err = sp.Commit(ctx)
-		}
-		if err != nil {
-			return "", "", fmt.Errorf("end savepoint: %w", err)
-		}
+		refusal = refusals[0]
 	}
 	if refusal != "" {
-		if _, err := tx.Exec(ctx, p.q.insert, cmd.SagaID, cmd.Step, statusRefused, refusal); err != nil {
-			return "", "", fmt.Errorf("record refusal: %w", err)
-		}
+		// Should the effect have queued anything before it found the
+		// refusal, it is dropped: a refusal has no effect.
+		*b = pgx.Batch{}
+		b.Queue(p.q.insert, cmd.SagaID, cmd.Step, statusRefused, refusal)
 		return saga.Refused, refusal, nil
 	}
-	if _, err := tx.Exec(ctx, p.q.insert, cmd.SagaID, cmd.Step, statusDone, nil); err != nil {
-		return "", "", fmt.Errorf("record step done: %w", err)
-	}
+	b.Queue(p.q.insert, cmd.SagaID, cmd.Step, statusDone, nil)
 	return saga.Succeeded, "", nil
 }
 
 // compensate runs a compensation command (see the package documentation's
-// table).
-func (p *Participant) compensate(ctx context.Context, tx pgx.Tx, cmd saga.Command, refuse bool) (saga.Outcome, string, error) {
+// table); its writes are queued on b.
+func (p *Participant) compensate(ctx context.Context, tx pgx.Tx, b *pgx.Batch, cmd saga.Command, refuse bool) (saga.Outcome, string, error) {
 	if refuse {
 		return saga.Refused, ReasonInjected, nil
 	}
@@ -456,19 +460,15 @@ func (p *Participant) compensate(ctx context.Context, tx pgx.Tx, cmd saga.Comman
 		return "", "", err
 	}
 	if !found {
-		if _, err := tx.Exec(ctx, p.q.insert, cmd.SagaID, cmd.Step, statusTombstone, nil); err != nil {
-			return "", "", fmt.Errorf("record tombstone: %w", err)
-		}
+		b.Queue(p.q.insert, cmd.SagaID, cmd.Step, statusTombstone, nil)
 		return saga.Succeeded, "", nil
 	}
 	switch status {
 	case statusDone:
-		if err := p.fx.undo(ctx, tx, cmd.SagaID); err != nil {
+		if err := p.fx.undo(ctx, tx, b, cmd.SagaID); err != nil {
 			return "", "", err
 		}
-		if _, err := tx.Exec(ctx, p.q.update, cmd.SagaID, cmd.Step, statusCompensated); err != nil {
-			return "", "", fmt.Errorf("record compensation: %w", err)
-		}
+		b.Queue(p.q.update, cmd.SagaID, cmd.Step, statusCompensated)
 	case statusRefused, statusCompensated, statusTombstone:
 		// Nothing to undo (a refused action had no effect), or undone already.
 	default:
@@ -481,15 +481,25 @@ func (p *Participant) compensate(ctx context.Context, tx pgx.Tx, cmd saga.Comman
 // The advisory lock covers the case where the row does not exist yet, which
 // SELECT … FOR UPDATE alone cannot lock.
 func (p *Participant) lockStep(ctx context.Context, tx pgx.Tx, cmd saga.Command) (status, reason string, found bool, err error) {
-	if _, err := tx.Exec(ctx, p.q.lock, p.name, cmd.SagaID.String()+"/"+cmd.Step); err != nil {
+	// One round trip: the read is a statement of its own, so its snapshot
+	// is taken after the lock is granted.
+	var b pgx.Batch
+	b.Queue(p.q.lock, p.name, cmd.SagaID.String()+"/"+cmd.Step)
+	b.Queue(p.q.read, cmd.SagaID, cmd.Step)
+	br := tx.SendBatch(ctx, &b)
+	defer br.Close()
+	if _, err := br.Exec(); err != nil {
 		return "", "", false, fmt.Errorf("lock step row: %w", err)
 	}
 	var r *string
-	err = tx.QueryRow(ctx, p.q.read, cmd.SagaID, cmd.Step).Scan(&status, &r)
+	err = br.QueryRow().Scan(&status, &r)
 	if errors.Is(err, pgx.ErrNoRows) {
-		return "", "", false, nil
+		return "", "", false, br.Close()
 	}
 	if err != nil {
+		return "", "", false, fmt.Errorf("read step row: %w", err)
+	}
+	if err := br.Close(); err != nil {
 		return "", "", false, fmt.Errorf("read step row: %w", err)
 	}
 	if r != nil {
@@ -524,6 +534,9 @@ func (p *Participant) firstCrash(ctx context.Context, point, msgID string) (bool
 // stepQueries is the SQL of one schema's steps table.
 type stepQueries struct {
 	lock, read, insert, update, crashMark string
+	// lockMany, readMany and insertMany are lock, read and insert for a
+	// batch of actions.
+	lockMany, readMany, insertMany string
 }
 
 func newStepQueries(schema string) stepQueries {
@@ -531,10 +544,15 @@ func newStepQueries(schema string) stepQueries {
 	return stepQueries{
 		// Two int4 keys: a lock space apart from the outbox writer's
 		// single-bigint advisory locks.
-		lock:      `SELECT pg_advisory_xact_lock(hashtext($1::text || '.steps'), hashtext($2::text))`,
-		read:      `SELECT status, reason FROM ` + steps + ` WHERE saga_id = $1 AND step = $2 FOR UPDATE`,
-		insert:    `INSERT INTO ` + steps + ` (saga_id, step, status, reason) VALUES ($1, $2, $3, $4)`,
-		update:    `UPDATE ` + steps + ` SET status = $3, updated_at = now() WHERE saga_id = $1 AND step = $2`,
-		crashMark: `INSERT INTO ` + pgx.Identifier{schema, "inbox"}.Sanitize() + ` (consumer, message_id) VALUES ($1, $2) ON CONFLICT DO NOTHING`,
+		lock:   `SELECT pg_advisory_xact_lock(hashtext($1::text || '.steps'), hashtext($2::text))`,
+		read:   `SELECT status, reason FROM ` + steps + ` WHERE saga_id = $1 AND step = $2 FOR UPDATE`,
+		insert: `INSERT INTO ` + steps + ` (saga_id, step, status, reason) VALUES ($1, $2, $3, $4)`,
+		update: `UPDATE ` + steps + ` SET status = $3, updated_at = now() WHERE saga_id = $1 AND step = $2`,
+		// The keys are sorted first, so two batches lock in one order.
+		lockMany: `SELECT count(pg_advisory_xact_lock(hashtext($1::text || '.steps'), hashtext(k)))
+FROM (SELECT k FROM unnest($2::text[]) AS k ORDER BY k) AS keys`,
+		readMany:   `SELECT saga_id, status, reason FROM ` + steps + ` WHERE step = $1 AND saga_id = ANY($2)`,
+		insertMany: `INSERT INTO ` + steps + ` (saga_id, step, status, reason) SELECT * FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[])`,
+		crashMark:  `INSERT INTO ` + pgx.Identifier{schema, "inbox"}.Sanitize() + ` (consumer, message_id) VALUES ($1, $2) ON CONFLICT DO NOTHING`,
 	}
 }

@@ -64,27 +64,32 @@ func money(cents int64, currency string) string {
 	return fmt.Sprintf("%d.%02d %s", cents/100, cents%100, currency)
 }
 
-func (p payment) apply(ctx context.Context, tx pgx.Tx, sagaID uuid.UUID, d *order.Data) (string, error) {
+func (p payment) apply(_ context.Context, _ pgx.Tx, b *pgx.Batch, ids []uuid.UUID, ds []*order.Data) ([]string, error) {
+	refusals := make([]string, len(ds))
+	for i, d := range ds {
+		refusals[i] = p.one(b, ids[i], d)
+	}
+	return refusals, nil
+}
+
+// one decides one action and queues its write.
+func (p payment) one(b *pgx.Batch, sagaID uuid.UUID, d *order.Data) string {
 	if strings.HasPrefix(d.CustomerID, BlockedCustomerPrefix) {
-		return fmt.Sprintf("card declined: customer %s is blocked", d.CustomerID), nil
+		return fmt.Sprintf("card declined: customer %s is blocked", d.CustomerID)
 	}
 	limit, ok := p.limits[d.CustomerID]
 	if !ok {
 		limit = p.limit
 	}
 	if d.AmountCents > limit {
-		return fmt.Sprintf("card declined: %s exceeds the limit of %s", money(d.AmountCents, d.Currency), money(limit, d.Currency)), nil
+		return fmt.Sprintf("card declined: %s exceeds the limit of %s", money(d.AmountCents, d.Currency), money(limit, d.Currency))
 	}
-	if _, err := tx.Exec(ctx, `INSERT INTO payment.charges (saga_id, customer_id, amount_cents, currency) VALUES ($1, $2, $3, $4)`,
-		sagaID, d.CustomerID, d.AmountCents, d.Currency); err != nil {
-		return "", fmt.Errorf("record charge: %w", err)
-	}
-	return "", nil
+	b.Queue(`INSERT INTO payment.charges (saga_id, customer_id, amount_cents, currency) VALUES ($1, $2, $3, $4)`,
+		sagaID, d.CustomerID, d.AmountCents, d.Currency)
+	return ""
 }
 
-func (payment) undo(ctx context.Context, tx pgx.Tx, sagaID uuid.UUID) error {
-	if _, err := tx.Exec(ctx, `UPDATE payment.charges SET refunded_at = now() WHERE saga_id = $1 AND refunded_at IS NULL`, sagaID); err != nil {
-		return fmt.Errorf("refund charge: %w", err)
-	}
+func (payment) undo(_ context.Context, _ pgx.Tx, b *pgx.Batch, sagaID uuid.UUID) error {
+	b.Queue(`UPDATE payment.charges SET refunded_at = now() WHERE saga_id = $1 AND refunded_at IS NULL`, sagaID)
 	return nil
 }

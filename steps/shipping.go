@@ -42,23 +42,28 @@ func normCountry(c string) string { return strings.ToUpper(strings.TrimSpace(c))
 // business refusal, not a bad message.
 func (shipping) validate(*order.Data) error { return nil }
 
-func (s shipping) apply(ctx context.Context, tx pgx.Tx, sagaID uuid.UUID, d *order.Data) (string, error) {
-	country := normCountry(d.ShippingAddress.Country)
-	if country == "" {
-		return "address not deliverable: no country", nil
+func (s shipping) apply(_ context.Context, _ pgx.Tx, b *pgx.Batch, ids []uuid.UUID, ds []*order.Data) ([]string, error) {
+	refusals := make([]string, len(ds))
+	for i, d := range ds {
+		refusals[i] = s.one(b, ids[i], d)
 	}
-	if s.blocked[country] {
-		return fmt.Sprintf("address not deliverable: country %s is not served", country), nil
-	}
-	if _, err := tx.Exec(ctx, `INSERT INTO shipping.shipments (saga_id, address) VALUES ($1, $2)`, sagaID, d.ShippingAddress); err != nil {
-		return "", fmt.Errorf("record shipment: %w", err)
-	}
-	return "", nil
+	return refusals, nil
 }
 
-func (shipping) undo(ctx context.Context, tx pgx.Tx, sagaID uuid.UUID) error {
-	if _, err := tx.Exec(ctx, `UPDATE shipping.shipments SET cancelled_at = now() WHERE saga_id = $1 AND cancelled_at IS NULL`, sagaID); err != nil {
-		return fmt.Errorf("cancel shipment: %w", err)
+// one decides one action and queues its write.
+func (s shipping) one(b *pgx.Batch, sagaID uuid.UUID, d *order.Data) string {
+	country := normCountry(d.ShippingAddress.Country)
+	if country == "" {
+		return "address not deliverable: no country"
 	}
+	if s.blocked[country] {
+		return fmt.Sprintf("address not deliverable: country %s is not served", country)
+	}
+	b.Queue(`INSERT INTO shipping.shipments (saga_id, address) VALUES ($1, $2)`, sagaID, d.ShippingAddress)
+	return ""
+}
+
+func (shipping) undo(_ context.Context, _ pgx.Tx, b *pgx.Batch, sagaID uuid.UUID) error {
+	b.Queue(`UPDATE shipping.shipments SET cancelled_at = now() WHERE saga_id = $1 AND cancelled_at IS NULL`, sagaID)
 	return nil
 }

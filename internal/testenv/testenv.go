@@ -30,6 +30,7 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/sagaflow/sagaflow/internal/pgserver"
+	"github.com/sagaflow/sagaflow/internal/uuidcodec"
 	"github.com/sagaflow/sagaflow/kafkax"
 	"github.com/sagaflow/sagaflow/migrations"
 )
@@ -154,6 +155,7 @@ func DB(t testing.TB) *Database {
 		t.Fatalf("testenv: parse %s: %v", url, err)
 	}
 	cfg.MaxConns = 16
+	uuidcodec.Register(cfg)
 	pool, err := pgxpool.NewWithConfig(context.Background(), cfg)
 	if err != nil {
 		t.Fatalf("testenv: open pool on %s: %v", name, err)

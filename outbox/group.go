@@ -1,0 +1,263 @@
+package outbox
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"slices"
+	"sync"
+
+	"github.com/ThreeDotsLabs/watermill/message"
+	"github.com/google/uuid"
+	"github.com/jackc/pgx/v5"
+)
+
+// ErrRunAlone is returned by a handler running in a shared transaction
+// (Grouped reports it) that must not hold the others up, such as one that
+// sleeps on purpose: it must return it before its first statement on the
+// transaction. The message then runs in a transaction of its own.
+var ErrRunAlone = errors.New("run this message in a transaction of its own")
+
+// BatchHandler is the set-at-a-time form of a consumer's Handler: in a
+// shared transaction, the messages it Takes are applied together, with a
+// few statements for all of them instead of a few each.
+type BatchHandler interface {
+	// Take reports, without touching the database, whether msg can be
+	// applied by HandleBatch, and returns what HandleBatch needs of it
+	// (the decoded message); the others go through the Handler, one at a
+	// time, in the same transaction.
+	Take(msg *message.Message) (item any, ok bool)
+	// HandleBatch applies the items of messages Taken (claimed, first
+	// deliveries) in tx. An error rolls the shared transaction back, and
+	// every message goes again through the Handler, alone.
+	HandleBatch(ctx context.Context, tx pgx.Tx, items []any) error
+}
+
+type groupedKey struct{}
+
+// Grouped reports whether a handler called with ctx shares its transaction
+// with other messages (Inbox.Wrap's group commit).
+func Grouped(ctx context.Context) bool {
+	v, _ := ctx.Value(groupedKey{}).(bool)
+	return v
+}
+
+// group is an inbox's group commit: the messages waiting for a
+// transaction, and how many transactions are in flight (at most par).
+// Whoever arrives with fewer in flight leads: it runs the waiting messages
+// in one transaction; when it ends, it hands the messages that arrived
+// meanwhile to the first of them, who leads the next.
+type group struct {
+	max, par int
+	mu       sync.Mutex
+	leaders  int
+	queue    []*job
+}
+
+// take removes the next batch from the queue. The caller holds mu.
+func (g *group) take() []*job {
+	n := min(len(g.queue), g.max)
+	batch := slices.Clone(g.queue[:n])
+	g.queue = slices.Delete(g.queue, 0, n)
+	return batch
+}
+
+// job is one message waiting in a group.
+type job struct {
+	ctx  context.Context
+	id   uuid.UUID
+	msg  *message.Message // nil: no batch handler takes it
+	fn   func(ctx context.Context, tx pgx.Tx) error
+	wake chan verdict // holds at most one verdict at a time
+}
+
+type verdictKind int
+
+const (
+	committed verdictKind = iota // its effect committed (dup: it was a redelivery)
+	alone                        // the shared transaction did not commit it: run it alone
+	lead                         // run batch, then hand on
+	failed                       // its handler failed with err
+	panicked                     // its handler panicked with value
+)
+
+type verdict struct {
+	kind  verdictKind
+	dup   bool
+	err   error
+	value any
+	batch []*job
+}
+
+// handleGrouped is Handle through the inbox's group commit.
+func (in *Inbox) handleGrouped(ctx context.Context, id uuid.UUID, msg *message.Message, fn func(ctx context.Context, tx pgx.Tx) error) (bool, error) {
+	g := &in.group
+	if g.max <= 1 {
+		return in.Handle(ctx, id, fn)
+	}
+	j := &job{ctx: ctx, id: id, msg: msg, fn: fn, wake: make(chan verdict, 1)}
+	var v verdict
+	g.mu.Lock()
+	g.queue = append(g.queue, j)
+	if g.leaders < g.par {
+		g.leaders++
+		v = verdict{kind: lead, batch: g.take()}
+		g.mu.Unlock()
+	} else {
+		g.mu.Unlock()
+		v = <-j.wake
+	}
+	for v.kind == lead {
+		in.lead(ctx, v.batch)
+		v = <-j.wake
+	}
+	switch v.kind {
+	case committed:
+		return v.dup, nil
+	case failed:
+		return false, v.err
+	case panicked:
+		panic(v.value)
+	default:
+		return in.Handle(ctx, id, fn)
+	}
+}
+
+// lead runs batch in one transaction and gives each of its messages its
+// verdict, then hands the lead on.
+func (in *Inbox) lead(ctx context.Context, batch []*job) {
+	g := &in.group
+	defer func() {
+		g.mu.Lock()
+		if len(g.queue) > 0 {
+			next := g.take()
+			next[0].wake <- verdict{kind: lead, batch: next}
+		} else {
+			g.leaders--
+		}
+		g.mu.Unlock()
+	}()
+	// A message id twice in one batch (two deliveries at once): the later
+	// ones wait for this transaction and then go alone, where the inbox
+	// sees the first's claim.
+	seen := make(map[uuid.UUID]bool, len(batch))
+	jobs := make([]*job, 0, len(batch))
+	for _, j := range batch {
+		if seen[j.id] {
+			defer func() { j.wake <- verdict{kind: alone} }()
+			continue
+		}
+		seen[j.id] = true
+		jobs = append(jobs, j)
+	}
+	verdicts := in.runBatch(ctx, jobs)
+	for i, j := range jobs {
+		j.wake <- verdicts[i]
+	}
+}
+
+// runBatch claims and handles jobs in one transaction and returns their
+// verdicts.
+func (in *Inbox) runBatch(ctx context.Context, jobs []*job) []verdict {
+	verdicts := make([]verdict, len(jobs)) // zero: committed
+	everyone := func(k verdictKind) []verdict {
+		for i := range verdicts {
+			if verdicts[i].kind != failed && verdicts[i].kind != panicked {
+				verdicts[i] = verdict{kind: k}
+			}
+		}
+		return verdicts
+	}
+	tx, err := in.pool.Begin(ctx)
+	if err != nil {
+		return everyone(alone)
+	}
+	defer tx.Rollback(context.WithoutCancel(ctx)) //nolint:errcheck // a no-op after Commit
+	dups, err := in.claim(ctx, tx, jobs)
+	if err != nil {
+		return everyone(alone)
+	}
+	var (
+		taken []any
+		rest  []int
+	)
+	for i, j := range jobs {
+		if dups[j.id] > 0 {
+			verdicts[i].dup = true
+			continue
+		}
+		if in.batch != nil && j.msg != nil {
+			if item, ok := in.batch.Take(j.msg); ok {
+				taken = append(taken, item)
+				continue
+			}
+		}
+		rest = append(rest, i)
+	}
+	if len(taken) > 0 {
+		if err := in.batch.HandleBatch(context.WithValue(ctx, groupedKey{}, true), tx, taken); err != nil {
+			return everyone(alone)
+		}
+	}
+	for _, i := range rest {
+		j := jobs[i]
+		value, didPanic, err := call(j, tx)
+		switch {
+		case didPanic:
+			verdicts[i] = verdict{kind: panicked, value: value}
+			return everyone(alone)
+		case errors.Is(err, ErrRunAlone):
+			return everyone(alone)
+		case err != nil:
+			verdicts[i] = verdict{kind: failed, err: err}
+			return everyone(alone)
+		}
+	}
+	if err := tx.Commit(ctx); err != nil {
+		// Maybe committed: alone, each finds its own claim if it did.
+		return everyone(alone)
+	}
+	in.batches.Add(1)
+	return verdicts
+}
+
+// call runs a job's handler, turning a panic into a value.
+func call(j *job, tx pgx.Tx) (value any, didPanic bool, err error) {
+	defer func() {
+		if r := recover(); r != nil {
+			value, didPanic = r, true
+		}
+	}()
+	return nil, false, j.fn(context.WithValue(j.ctx, groupedKey{}, true), tx)
+}
+
+// claim records the jobs' message ids in the inbox in one statement (in id
+// order, so two claiming transactions cannot deadlock) and returns, per id,
+// how many deliveries came before.
+func (in *Inbox) claim(ctx context.Context, tx pgx.Tx, jobs []*job) (map[uuid.UUID]int, error) {
+	ids := make([]uuid.UUID, len(jobs))
+	for i, j := range jobs {
+		ids[i] = j.id
+	}
+	slices.SortFunc(ids, func(a, b uuid.UUID) int { return slices.Compare(a[:], b[:]) })
+	rows, err := tx.Query(ctx, in.q.inboxClaimMany, in.consumer, ids)
+	if err != nil {
+		return nil, fmt.Errorf("claim %d messages in %s inbox: %w", len(ids), in.q.schema, err)
+	}
+	dups := make(map[uuid.UUID]int, len(ids))
+	var (
+		id uuid.UUID
+		n  int
+	)
+	_, err = pgx.ForEachRow(rows, []any{&id, &n}, func() error {
+		dups[id] = n
+		return nil
+	})
+	if err != nil {
+		return nil, fmt.Errorf("claim %d messages in %s inbox: %w", len(ids), in.q.schema, err)
+	}
+	if len(dups) != len(ids) {
+		return nil, fmt.Errorf("claim %d messages in %s inbox: %d claimed", len(ids), in.q.schema, len(dups))
+	}
+	return dups, nil
+}
