@@ -67,6 +67,9 @@ func setup(t *testing.T, def *saga.Definition) *env {
 	}
 	e.engine = engine
 	e.inbox = outbox.NewInbox(e.db.Pool, "saga", "test-orchestrator")
+	// As Register does: replies delivered through Wrap go through the
+	// batch handler (batches of one here), the bad ones through HandleReply.
+	e.inbox.SetBatchHandler(engine.Batch())
 	return e
 }
 
@@ -483,5 +486,73 @@ func TestDefinitionValidation(t *testing.T) {
 		if _, err := saga.NewEngine(nil, nil, d); err == nil {
 			t.Errorf("definition %d accepted", i)
 		}
+	}
+}
+
+// HandleReplies moves many sagas in one transaction as HandleReply moves
+// each: two replies of one saga in a batch apply in turn, a stale one
+// changes nothing.
+func TestHandleRepliesBatch(t *testing.T) {
+	t.Parallel()
+	e := setup(t, threeSteps(time.Minute, 3, 3, false))
+	ok, refused, twice, stale := e.start(), e.start(), e.start(), e.start()
+	batch := []saga.Reply{
+		{SagaID: ok, Step: "a", Kind: saga.KindAction, Attempt: 1, Outcome: saga.Succeeded},
+		{SagaID: refused, Step: "a", Kind: saga.KindAction, Attempt: 1, Outcome: saga.Refused, Reason: "no"},
+		{SagaID: twice, Step: "a", Kind: saga.KindAction, Attempt: 1, Outcome: saga.Succeeded},
+		{SagaID: stale, Step: "a", Kind: saga.KindAction, Attempt: 2, Outcome: saga.Succeeded},
+		{SagaID: twice, Step: "b", Kind: saga.KindAction, Attempt: 1, Outcome: saga.Succeeded},
+	}
+	ids := make([]uuid.UUID, len(batch))
+	for i := range ids {
+		ids[i] = uuid.Must(uuid.NewV7())
+	}
+	ctx := context.Background()
+	tx, err := e.db.Pool.Begin(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tx.Rollback(ctx) //nolint:errcheck // a no-op after Commit
+	if err := e.engine.HandleReplies(ctx, tx, ids, batch); err != nil {
+		t.Fatal(err)
+	}
+	if err := tx.Commit(ctx); err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range []struct {
+		id    uuid.UUID
+		state saga.State
+		step  int
+		types []string
+	}{
+		{ok, saga.Running, 1, []string{"a.do#1", "b.do#1"}},
+		{refused, saga.Failed, 0, []string{"a.do#1"}},
+		{twice, saga.Running, 2, []string{"a.do#1", "b.do#1", "c.do#1"}},
+		{stale, saga.Running, 0, []string{"a.do#1"}},
+	} {
+		in := e.get(c.id)
+		if in.State != c.state || in.Step != c.step {
+			t.Errorf("saga %s: %s at step %d, want %s at step %d", c.id, in.State, in.Step, c.state, c.step)
+		}
+		if got := e.types(c.id); !equal(got, c.types) {
+			t.Errorf("saga %s: commands %v, want %v", c.id, got, c.types)
+		}
+	}
+	if got := e.ended[refused]; got != "cancelled: a refused: no" {
+		t.Errorf("refused saga's hook: %q", got)
+	}
+	if got := e.events(stale); !slices.Contains(got, "a/action/2 "+saga.EventStaleReply) {
+		t.Errorf("stale reply not in the history: %v", got)
+	}
+	// An unknown saga fails the whole batch (its replies then go one by one).
+	tx2, err := e.db.Pool.Begin(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tx2.Rollback(ctx) //nolint:errcheck // rolled back on purpose
+	err = e.engine.HandleReplies(ctx, tx2, []uuid.UUID{uuid.Must(uuid.NewV7())},
+		[]saga.Reply{{SagaID: uuid.Must(uuid.NewV7()), Step: "a", Kind: saga.KindAction, Attempt: 1, Outcome: saga.Succeeded}})
+	if err == nil {
+		t.Fatal("a reply for an unknown saga was applied")
 	}
 }

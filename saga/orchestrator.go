@@ -61,7 +61,7 @@ func (e *Engine) Register(router *message.Router, cfg OrchestratorConfig) error 
 		Subscriber:      cfg.Subscriber,
 		Inbox:           outbox.NewInbox(e.pool, "saga", cfg.Group),
 		Handler:         e.HandleReply,
-		Batch:           replyBatch{e},
+		Batch:           e.Batch(),
 		DeadLetter:      cfg.DeadLetter,
 		DeadLetterTopic: cfg.DeadLetterTopic,
 		Logger:          cfg.Logger,
@@ -100,6 +100,10 @@ func (e *Engine) RunSweeper(ctx context.Context, interval time.Duration, batch i
 		}
 	}
 }
+
+// Batch is the engine's set-at-a-time handler of replies, which Register
+// gives its inbox's shared transactions.
+func (e *Engine) Batch() outbox.BatchHandler { return replyBatch{e} }
 
 // replyBatch is the engine's outbox.BatchHandler: the replies of a shared
 // transaction lock their sagas with one statement and send every write in

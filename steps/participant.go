@@ -223,6 +223,10 @@ func (p *Participant) Outbox() *outbox.Outbox { return p.out }
 // many redeliveries were skipped.
 func (p *Participant) Inbox() *outbox.Inbox { return p.inbox }
 
+// Batch is the participant's set-at-a-time handler of action commands,
+// which Register gives its inbox's shared transactions.
+func (p *Participant) Batch() outbox.BatchHandler { return actionBatch{p} }
+
 // Types are the message types the participant accepts: its action's and
 // its compensation's.
 func (p *Participant) Types() (action, compensation string) {
@@ -248,7 +252,7 @@ func (p *Participant) Register(router *message.Router, sub message.Subscriber, d
 		Subscriber:       sub,
 		Inbox:            p.inbox,
 		Handler:          p.Handle,
-		Batch:            actionBatch{p},
+		Batch:            p.Batch(),
 		DeadLetter:       deadLetter,
 		DeadLetterTopic:  p.DeadLetterTopic(),
 		MaxRetries:       p.cfg.MaxRetries,
