@@ -96,7 +96,6 @@ func scanInstance(row pgx.Row) (*Instance, error) {
 type Engine struct {
 	pool    *pgxpool.Pool
 	defs    map[string]*Definition
-	outbox  *outbox.Outbox
 	log     *slog.Logger
 	metrics engineMetrics
 }
@@ -107,7 +106,7 @@ func NewEngine(pool *pgxpool.Pool, logger *slog.Logger, defs ...*Definition) (*E
 	if logger == nil {
 		logger = slog.Default()
 	}
-	e := &Engine{pool: pool, defs: map[string]*Definition{}, outbox: outbox.New("saga"), log: logger.With("component", "saga")}
+	e := &Engine{pool: pool, defs: map[string]*Definition{}, log: logger.With("component", "saga")}
 	for _, d := range defs {
 		if err := e.Define(d); err != nil {
 			return nil, err
@@ -129,12 +128,12 @@ func (e *Engine) Define(d *Definition) error {
 // first command to the outbox: the saga exists, and starts, exactly when tx
 // commits.
 func (e *Engine) Start(ctx context.Context, tx pgx.Tx, sagaType string, id uuid.UUID, data json.RawMessage) (*Instance, error) {
-	var b pgx.Batch
-	in, err := e.StartBatch(&b, sagaType, id, data)
+	var w writes
+	in, err := e.start(&w, sagaType, id, data)
 	if err != nil {
 		return nil, err
 	}
-	if err := flush(ctx, tx, &b); err != nil {
+	if err := flush(ctx, tx, &w); err != nil {
 		return nil, fmt.Errorf("start saga %s: %w", id, err)
 	}
 	return in, nil
@@ -144,6 +143,16 @@ func (e *Engine) Start(ctx context.Context, tx pgx.Tx, sagaType string, id uuid.
 // one round trip: it queues the saga's rows and first command on b, and the
 // saga starts when the caller's transaction (which sends b) commits.
 func (e *Engine) StartBatch(b *pgx.Batch, sagaType string, id uuid.UUID, data json.RawMessage) (*Instance, error) {
+	var w writes
+	in, err := e.start(&w, sagaType, id, data)
+	if err != nil {
+		return nil, err
+	}
+	b.QueuedQueries = append(b.QueuedQueries, w.batch().QueuedQueries...)
+	return in, nil
+}
+
+func (e *Engine) start(w *writes, sagaType string, id uuid.UUID, data json.RawMessage) (*Instance, error) {
 	def, ok := e.defs[sagaType]
 	if !ok {
 		return nil, fmt.Errorf("start saga %s: unknown saga type %q", id, sagaType)
@@ -154,18 +163,18 @@ func (e *Engine) StartBatch(b *pgx.Batch, sagaType string, id uuid.UUID, data js
 	first := def.Steps[0]
 	dl := now.Add(first.Retry.timeout(1))
 	in.StepDeadline = &dl
-	b.Queue(sqlInsertInstance, id, sagaType, data, dl, in.Deadline)
-	e.history(b, id, first.Name, "", 0, EventStarted, "", uuid.Nil)
-	if err := e.send(b, def, in, KindAction, ""); err != nil {
+	w.Queue(sqlInsertInstance, id, sagaType, data, dl, in.Deadline)
+	e.history(w, id, first.Name, "", 0, EventStarted, "", uuid.Nil)
+	if err := e.send(w, def, in, KindAction, ""); err != nil {
 		return nil, err
 	}
 	e.metrics.started.Add(1)
 	return in, nil
 }
 
-// flush sends the writes queued on b in one round trip and empties b.
-func flush(ctx context.Context, tx pgx.Tx, b *pgx.Batch) error {
-	if err := SendBatch(ctx, tx, b); err != nil {
+// flush sends w's writes in one round trip and empties w.
+func flush(ctx context.Context, tx pgx.Tx, w *writes) error {
+	if err := SendBatch(ctx, tx, w.batch()); err != nil {
 		return fmt.Errorf("write saga changes: %w", err)
 	}
 	return nil
@@ -193,16 +202,16 @@ func (e *Engine) HandleReply(ctx context.Context, tx pgx.Tx, msg *message.Messag
 		return err
 	}
 	msgID, _ := uuid.Parse(msg.UUID)
-	var b pgx.Batch
-	if err := e.apply(ctx, tx, &b, r, msgID); err != nil {
+	var w writes
+	if err := e.apply(ctx, tx, &w, r, msgID); err != nil {
 		return err
 	}
-	return flush(ctx, tx, &b)
+	return flush(ctx, tx, &w)
 }
 
 // apply locks the saga that reply r answers and moves it. Its writes are
 // queued on b (the engine's transaction sends them in one round trip).
-func (e *Engine) apply(ctx context.Context, tx pgx.Tx, b *pgx.Batch, r Reply, msgID uuid.UUID) error {
+func (e *Engine) apply(ctx context.Context, tx pgx.Tx, w *writes, r Reply, msgID uuid.UUID) error {
 	in, err := scanInstance(tx.QueryRow(ctx, sqlLockInstance, r.SagaID))
 	if errors.Is(err, pgx.ErrNoRows) {
 		return outbox.Permanent(fmt.Errorf("reply %s for unknown saga %s", msgID, r.SagaID))
@@ -210,11 +219,11 @@ func (e *Engine) apply(ctx context.Context, tx pgx.Tx, b *pgx.Batch, r Reply, ms
 	if err != nil {
 		return fmt.Errorf("lock saga %s: %w", r.SagaID, err)
 	}
-	return e.move(b, in, r, msgID)
+	return e.move(w, in, r, msgID)
 }
 
 // move moves saga in (locked) as reply r says, queuing its writes on b.
-func (e *Engine) move(b *pgx.Batch, in *Instance, r Reply, msgID uuid.UUID) error {
+func (e *Engine) move(w *writes, in *Instance, r Reply, msgID uuid.UUID) error {
 	def, ok := e.defs[in.Type]
 	if !ok {
 		return fmt.Errorf("saga %s has type %q, which this orchestrator does not run", in.ID, in.Type)
@@ -229,36 +238,36 @@ func (e *Engine) move(b *pgx.Batch, in *Instance, r Reply, msgID uuid.UUID) erro
 		// waits for: keep it in the history and change nothing.
 		e.metrics.stale.Add(1)
 		reason := fmt.Sprintf("%s reply (attempt %d, %s) while the saga is %s at step %d attempt %d", r.Kind, r.Attempt, r.Outcome, in.State, in.Step, in.Attempt)
-		e.history(b, in.ID, r.Step, r.Kind, r.Attempt, EventStaleReply, reason, msgID)
+		e.history(w, in.ID, r.Step, r.Kind, r.Attempt, EventStaleReply, reason, msgID)
 		return nil
 	}
 	step := def.Steps[idx]
 	switch {
 	case r.Kind == KindAction && r.Outcome == Succeeded:
-		e.history(b, in.ID, step.Name, KindAction, r.Attempt, EventSucceeded, "", msgID)
+		e.history(w, in.ID, step.Name, KindAction, r.Attempt, EventSucceeded, "", msgID)
 		in.Completed = idx + 1
 		if idx+1 == len(def.Steps) {
-			return e.finish(b, def, in, Completed, "")
+			return e.finish(w, def, in, Completed, "")
 		}
 		in.Step, in.Attempt = idx+1, 1
-		return e.advance(b, def, in, KindAction, msgID.String())
+		return e.advance(w, def, in, KindAction, msgID.String())
 	case r.Kind == KindAction && r.Outcome == Refused:
-		e.history(b, in.ID, step.Name, KindAction, r.Attempt, EventRefused, r.Reason, msgID)
+		e.history(w, in.ID, step.Name, KindAction, r.Attempt, EventRefused, r.Reason, msgID)
 		// A refusal made no change, so the refusing step needs no undo.
-		return e.compensate(b, def, in, idx-1, fmt.Sprintf("%s refused: %s", step.Name, r.Reason), msgID.String())
+		return e.compensate(w, def, in, idx-1, fmt.Sprintf("%s refused: %s", step.Name, r.Reason), msgID.String())
 	case r.Kind == KindCompensation && r.Outcome == Succeeded:
-		e.history(b, in.ID, step.Name, KindCompensation, r.Attempt, EventSucceeded, "", msgID)
-		return e.compensate(b, def, in, idx-1, in.Reason, msgID.String())
+		e.history(w, in.ID, step.Name, KindCompensation, r.Attempt, EventSucceeded, "", msgID)
+		return e.compensate(w, def, in, idx-1, in.Reason, msgID.String())
 	default: // a compensation refused: it must finish, so the deadline resends it
 		e.metrics.compensationRefused.Add(1)
-		e.history(b, in.ID, step.Name, KindCompensation, r.Attempt, EventRefused, r.Reason+" (will resend)", msgID)
+		e.history(w, in.ID, step.Name, KindCompensation, r.Attempt, EventRefused, r.Reason+" (will resend)", msgID)
 		return nil
 	}
 }
 
 // compensate moves the saga to the compensation of the newest step at or
 // below from that needs one, or ends it when none is left.
-func (e *Engine) compensate(b *pgx.Batch, def *Definition, in *Instance, from int, reason, causation string) error {
+func (e *Engine) compensate(w *writes, def *Definition, in *Instance, from int, reason, causation string) error {
 	in.Reason = reason
 	for j := from; j >= 0; j-- {
 		if def.Steps[j].CompensationType == "" {
@@ -269,29 +278,29 @@ func (e *Engine) compensate(b *pgx.Batch, def *Definition, in *Instance, from in
 		if firstCompensation {
 			e.metrics.compensating.Add(1)
 		}
-		return e.advance(b, def, in, KindCompensation, causation)
+		return e.advance(w, def, in, KindCompensation, causation)
 	}
 	if in.State == Running {
 		// Nothing was done, so nothing is undone.
-		return e.finish(b, def, in, Failed, reason)
+		return e.finish(w, def, in, Failed, reason)
 	}
-	return e.finish(b, def, in, Compensated, reason)
+	return e.finish(w, def, in, Compensated, reason)
 }
 
 // advance stores the saga's new step and attempt and sends the command.
-func (e *Engine) advance(b *pgx.Batch, def *Definition, in *Instance, kind Kind, causation string) error {
+func (e *Engine) advance(w *writes, def *Definition, in *Instance, kind Kind, causation string) error {
 	policy := def.Steps[in.Step].Retry
 	if kind == KindCompensation {
 		policy = def.Steps[in.Step].CompensationRetry
 	}
 	dl := time.Now().Add(policy.timeout(in.Attempt))
 	in.StepDeadline = &dl
-	e.update(b, in)
-	return e.send(b, def, in, kind, causation)
+	e.update(w, in)
+	return e.send(w, def, in, kind, causation)
 }
 
 // send writes the command of the saga's current step and attempt.
-func (e *Engine) send(b *pgx.Batch, def *Definition, in *Instance, kind Kind, causation string) error {
+func (e *Engine) send(w *writes, def *Definition, in *Instance, kind Kind, causation string) error {
 	step := def.Steps[in.Step]
 	typ := step.ActionType
 	if kind == KindCompensation {
@@ -307,18 +316,16 @@ func (e *Engine) send(b *pgx.Batch, def *Definition, in *Instance, kind Kind, ca
 	}
 	m := outbox.Message{ID: id, Topic: step.Topic, Key: in.ID.String(), Payload: payload, Type: typ,
 		SchemaVersion: SchemaVersion, CorrelationID: in.ID.String(), CausationID: causation}
-	if err := e.outbox.Queue(b, m); err != nil {
-		return fmt.Errorf("send %s of saga %s: %w", typ, in.ID, err)
-	}
-	e.history(b, in.ID, step.Name, kind, in.Attempt, EventSent, typ, id)
+	w.command(m)
+	e.history(w, in.ID, step.Name, kind, in.Attempt, EventSent, typ, id)
 	return nil
 }
 
 // finish ends the saga in a terminal state and runs the definition's hook,
 // which queues its writes after the saga's.
-func (e *Engine) finish(b *pgx.Batch, def *Definition, in *Instance, state State, reason string) error {
+func (e *Engine) finish(w *writes, def *Definition, in *Instance, state State, reason string) error {
 	in.State, in.Reason, in.StepDeadline = state, reason, nil
-	e.update(b, in)
+	e.update(w, in)
 	event := EventCompleted
 	switch state {
 	case Compensated:
@@ -326,7 +333,7 @@ func (e *Engine) finish(b *pgx.Batch, def *Definition, in *Instance, state State
 	case Failed:
 		event = EventFailed
 	}
-	e.history(b, in.ID, def.Steps[in.Step].Name, "", 0, event, reason, uuid.Nil)
+	e.history(w, in.ID, def.Steps[in.Step].Name, "", 0, event, reason, uuid.Nil)
 	hook := def.OnCancelled
 	if state == Completed {
 		hook = def.OnCompleted
@@ -335,7 +342,7 @@ func (e *Engine) finish(b *pgx.Batch, def *Definition, in *Instance, state State
 		e.metrics.cancelled.Add(1)
 	}
 	if hook != nil {
-		if err := hook(b, in); err != nil {
+		if err := hook(&w.Batch, in); err != nil {
 			return fmt.Errorf("%s hook of saga %s: %w", state, in.ID, err)
 		}
 	}
@@ -343,18 +350,59 @@ func (e *Engine) finish(b *pgx.Batch, def *Definition, in *Instance, state State
 }
 
 // update queues the saga row's new state.
-func (e *Engine) update(b *pgx.Batch, in *Instance) {
-	b.Queue(sqlUpdateInstance, in.ID, string(in.State), in.Step, in.Attempt, in.Completed, in.Reason, in.StepDeadline)
+func (e *Engine) update(w *writes, in *Instance) {
+	w.Queue(sqlUpdateInstance, in.ID, string(in.State), in.Step, in.Attempt, in.Completed, in.Reason, in.StepDeadline)
 	in.Version++
 }
 
 // history queues a line of the saga's history.
-func (e *Engine) history(b *pgx.Batch, id uuid.UUID, step string, kind Kind, attempt int, event, reason string, msgID uuid.UUID) {
+func (e *Engine) history(w *writes, id uuid.UUID, step string, kind Kind, attempt int, event, reason string, msgID uuid.UUID) {
 	var mid *uuid.UUID
 	if msgID != uuid.Nil {
 		mid = &msgID
 	}
-	b.Queue(sqlInsertHistory, id, step, string(kind), attempt, event, reason, mid)
+	h := &w.hist
+	h.ids, h.steps, h.kinds, h.attempts = append(h.ids, id), append(h.steps, step), append(h.kinds, string(kind)), append(h.attempts, int32(attempt))
+	h.events, h.reasons, h.msgIDs = append(h.events, event), append(h.reasons, reason), append(h.msgIDs, mid)
+}
+
+// writes collects the writes of one saga transaction. Statements are queued
+// on the embedded batch; history lines and commands are gathered and become
+// one multi-row insert each when the batch is taken, so a transaction that
+// moves many sagas sends few statements.
+type writes struct {
+	pgx.Batch
+	hist struct {
+		ids                  []uuid.UUID
+		steps, kinds, events []string
+		attempts             []int32
+		reasons              []string
+		msgIDs               []*uuid.UUID
+	}
+	cmds []outbox.Message
+}
+
+// sagaOutbox is the engine's outbox, where its commands go.
+var sagaOutbox = outbox.New("saga")
+
+// command gathers a command for the saga outbox (its ID and Topic set).
+func (w *writes) command(m outbox.Message) { w.cmds = append(w.cmds, m) }
+
+// batch queues the gathered history lines and commands after the
+// statements, and returns the batch to send; w is empty afterwards.
+func (w *writes) batch() *pgx.Batch {
+	if h := &w.hist; len(h.ids) > 0 {
+		w.Queue(sqlInsertHistoryMany, h.ids, h.steps, h.kinds, h.attempts, h.events, h.reasons, h.msgIDs)
+	}
+	if len(w.cmds) > 0 {
+		// Queue fails only on an empty topic or an id it cannot make; the
+		// engine's commands have both already (definitions name their
+		// topics).
+		_ = sagaOutbox.Queue(&w.Batch, w.cmds...)
+	}
+	b := w.Batch
+	*w = writes{}
+	return &b
 }
 
 // SweepOnce handles up to limit sagas whose step deadline has passed, in one
@@ -387,13 +435,13 @@ func (e *Engine) SweepOnce(ctx context.Context, limit int) (int, error) {
 	if err := rows.Err(); err != nil {
 		return 0, fmt.Errorf("find overdue sagas: %w", err)
 	}
-	var b pgx.Batch
+	var w writes
 	for _, in := range due {
-		if err := e.timeout(&b, in); err != nil {
+		if err := e.timeout(&w, in); err != nil {
 			return 0, err
 		}
 	}
-	if err := flush(ctx, tx, &b); err != nil {
+	if err := flush(ctx, tx, &w); err != nil {
 		return 0, err
 	}
 	if err := tx.Commit(ctx); err != nil {
@@ -402,7 +450,7 @@ func (e *Engine) SweepOnce(ctx context.Context, limit int) (int, error) {
 	return len(due), nil
 }
 
-func (e *Engine) timeout(b *pgx.Batch, in *Instance) error {
+func (e *Engine) timeout(w *writes, in *Instance) error {
 	def, ok := e.defs[in.Type]
 	if !ok {
 		return nil // another orchestrator's saga type
@@ -413,54 +461,54 @@ func (e *Engine) timeout(b *pgx.Batch, in *Instance) error {
 		spent := in.Attempt >= step.Retry.MaxAttempts
 		pastDeadline := time.Now().After(in.Deadline)
 		if !spent && !pastDeadline {
-			e.history(b, in.ID, step.Name, KindAction, in.Attempt, EventTimedOut, "resending", uuid.Nil)
+			e.history(w, in.ID, step.Name, KindAction, in.Attempt, EventTimedOut, "resending", uuid.Nil)
 			in.Attempt++
-			return e.advance(b, def, in, KindAction, "")
+			return e.advance(w, def, in, KindAction, "")
 		}
 		why := fmt.Sprintf("%s did not answer after %d attempt(s)", step.Name, in.Attempt)
 		if pastDeadline && !spent {
 			why = fmt.Sprintf("%s did not answer before the saga's deadline", step.Name)
 		}
-		e.history(b, in.ID, step.Name, KindAction, in.Attempt, EventTimedOut, why, uuid.Nil)
-		return e.compensate(b, def, in, in.Step, why, "")
+		e.history(w, in.ID, step.Name, KindAction, in.Attempt, EventTimedOut, why, uuid.Nil)
+		return e.compensate(w, def, in, in.Step, why, "")
 	}
 	// Compensating.
 	if in.Attempt >= step.CompensationRetry.MaxAttempts {
 		in.State, in.StepDeadline = Stuck, nil
 		e.metrics.stuck.Add(1)
 		reason := fmt.Sprintf("compensation of %s unanswered after %d attempts (first failure: %s)", step.Name, in.Attempt, in.Reason)
-		e.update(b, in)
+		e.update(w, in)
 		e.log.Error("saga stuck: a compensation keeps failing", "saga", in.ID, "step", step.Name, "attempts", in.Attempt)
-		e.history(b, in.ID, step.Name, KindCompensation, in.Attempt, EventStuck, reason, uuid.Nil)
+		e.history(w, in.ID, step.Name, KindCompensation, in.Attempt, EventStuck, reason, uuid.Nil)
 		return nil
 	}
-	e.history(b, in.ID, step.Name, KindCompensation, in.Attempt, EventTimedOut, "resending", uuid.Nil)
+	e.history(w, in.ID, step.Name, KindCompensation, in.Attempt, EventTimedOut, "resending", uuid.Nil)
 	in.Attempt++
-	return e.advance(b, def, in, KindCompensation, "")
+	return e.advance(w, def, in, KindCompensation, "")
 }
 
 // Retry resumes a stuck saga: its compensation is sent again with a fresh
 // set of attempts.
 func (e *Engine) Retry(ctx context.Context, id uuid.UUID) (*Instance, error) {
-	return e.operate(ctx, id, func(tx pgx.Tx, b *pgx.Batch, def *Definition, in *Instance) error {
+	return e.operate(ctx, id, func(tx pgx.Tx, w *writes, def *Definition, in *Instance) error {
 		if in.State != Stuck {
 			return fmt.Errorf("saga %s is %s, only a stuck saga can be retried: %w", id, in.State, ErrConflict)
 		}
-		e.history(b, in.ID, def.Steps[in.Step].Name, KindCompensation, in.Attempt, EventOperatorRetry, "", uuid.Nil)
+		e.history(w, in.ID, def.Steps[in.Step].Name, KindCompensation, in.Attempt, EventOperatorRetry, "", uuid.Nil)
 		in.State, in.Attempt = Compensating, 1
-		return e.advance(b, def, in, KindCompensation, "")
+		return e.advance(w, def, in, KindCompensation, "")
 	})
 }
 
 // Resolve ends a stuck saga as compensated after an operator undid the
 // remaining steps by hand; note says what they did.
 func (e *Engine) Resolve(ctx context.Context, id uuid.UUID, note string) (*Instance, error) {
-	return e.operate(ctx, id, func(tx pgx.Tx, b *pgx.Batch, def *Definition, in *Instance) error {
+	return e.operate(ctx, id, func(tx pgx.Tx, w *writes, def *Definition, in *Instance) error {
 		if in.State != Stuck {
 			return fmt.Errorf("saga %s is %s, only a stuck saga can be resolved: %w", id, in.State, ErrConflict)
 		}
-		e.history(b, in.ID, def.Steps[in.Step].Name, KindCompensation, in.Attempt, EventOperatorResolved, note, uuid.Nil)
-		return e.finish(b, def, in, Compensated, in.Reason)
+		e.history(w, in.ID, def.Steps[in.Step].Name, KindCompensation, in.Attempt, EventOperatorResolved, note, uuid.Nil)
+		return e.finish(w, def, in, Compensated, in.Reason)
 	})
 }
 
@@ -470,7 +518,7 @@ var (
 	ErrConflict = errors.New("conflict")
 )
 
-func (e *Engine) operate(ctx context.Context, id uuid.UUID, fn func(pgx.Tx, *pgx.Batch, *Definition, *Instance) error) (*Instance, error) {
+func (e *Engine) operate(ctx context.Context, id uuid.UUID, fn func(pgx.Tx, *writes, *Definition, *Instance) error) (*Instance, error) {
 	tx, err := e.pool.Begin(ctx)
 	if err != nil {
 		return nil, fmt.Errorf("begin: %w", err)
@@ -487,11 +535,11 @@ func (e *Engine) operate(ctx context.Context, id uuid.UUID, fn func(pgx.Tx, *pgx
 	if !ok {
 		return nil, fmt.Errorf("saga %s has unknown type %q", id, in.Type)
 	}
-	var b pgx.Batch
-	if err := fn(tx, &b, def, in); err != nil {
+	var w writes
+	if err := fn(tx, &w, def, in); err != nil {
 		return nil, err
 	}
-	if err := flush(ctx, tx, &b); err != nil {
+	if err := flush(ctx, tx, &w); err != nil {
 		return nil, err
 	}
 	if err := tx.Commit(ctx); err != nil {

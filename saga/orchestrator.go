@@ -169,15 +169,15 @@ func (e *Engine) HandleReplies(ctx context.Context, tx pgx.Tx, msgIDs []uuid.UUI
 	if err := rows.Err(); err != nil {
 		return fmt.Errorf("lock %d sagas: %w", len(ids), err)
 	}
-	var b pgx.Batch
+	var w writes
 	for i, r := range replies {
 		in, ok := locked[r.SagaID]
 		if !ok {
 			return fmt.Errorf("reply %s for unknown saga %s", msgIDs[i], r.SagaID)
 		}
-		if err := e.move(&b, in, r, msgIDs[i]); err != nil {
+		if err := e.move(&w, in, r, msgIDs[i]); err != nil {
 			return err
 		}
 	}
-	return flush(ctx, tx, &b)
+	return flush(ctx, tx, &w)
 }

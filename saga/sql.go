@@ -22,8 +22,12 @@ SET state = $2, step = $3, attempt = $4, completed = $5, reason = NULLIF($6, '')
 	ended_at = CASE WHEN $2 IN ('completed', 'compensated', 'failed') THEN now() ELSE NULL END
 WHERE id = $1`
 
-	sqlInsertHistory = `INSERT INTO saga.history (saga_id, step, kind, attempt, event, reason, message_id)
-VALUES ($1, $2, $3, $4, $5, NULLIF($6, ''), $7)`
+	// sqlInsertHistoryMany inserts history lines in the order given.
+	sqlInsertHistoryMany = `INSERT INTO saga.history (saga_id, step, kind, attempt, event, reason, message_id)
+SELECT h.id, h.step, h.kind, h.attempt, h.event, NULLIF(h.reason, ''), h.message_id
+FROM unnest($1::uuid[], $2::text[], $3::text[], $4::int[], $5::text[], $6::text[], $7::uuid[])
+	WITH ORDINALITY AS h(id, step, kind, attempt, event, reason, message_id, ord)
+ORDER BY h.ord`
 
 	// sqlOverdue claims overdue sagas; SKIP LOCKED lets any number of
 	// orchestrators sweep at once, each taking different sagas, and never
