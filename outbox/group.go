@@ -187,7 +187,7 @@ func (in *Inbox) runBatch(ctx context.Context, jobs []*job) []verdict {
 			continue
 		}
 		if in.batch != nil && j.msg != nil {
-			if item, ok := in.batch.Take(j.msg); ok {
+			if item, ok := take(in.batch, j.msg); ok {
 				taken = append(taken, item)
 				continue
 			}
@@ -195,7 +195,7 @@ func (in *Inbox) runBatch(ctx context.Context, jobs []*job) []verdict {
 		rest = append(rest, i)
 	}
 	if len(taken) > 0 {
-		if err := in.batch.HandleBatch(context.WithValue(ctx, groupedKey{}, true), tx, taken); err != nil {
+		if err := handleBatch(context.WithValue(ctx, groupedKey{}, true), in.batch, tx, taken); err != nil {
 			return everyone(alone)
 		}
 	}
@@ -219,6 +219,28 @@ func (in *Inbox) runBatch(ctx context.Context, jobs []*job) []verdict {
 	}
 	in.batches.Add(1)
 	return verdicts
+}
+
+// take asks b to take msg; a panic leaves the message to the Handler.
+func take(b BatchHandler, msg *message.Message) (item any, ok bool) {
+	defer func() {
+		if r := recover(); r != nil {
+			item, ok = nil, false
+		}
+	}()
+	return b.Take(msg)
+}
+
+// handleBatch runs b's HandleBatch, turning a panic into an error: every
+// message then goes alone, through the Handler, whose panics surface in
+// their own goroutines.
+func handleBatch(ctx context.Context, b BatchHandler, tx pgx.Tx, items []any) (err error) {
+	defer func() {
+		if r := recover(); r != nil {
+			err = fmt.Errorf("batch handler panicked: %v", r)
+		}
+	}()
+	return b.HandleBatch(ctx, tx, items)
 }
 
 // call runs a job's handler, turning a panic into a value.
