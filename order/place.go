@@ -290,15 +290,6 @@ func (s *Service) eventMessage(typ string, orderID, sagaID uuid.UUID, reason str
 		Type: typ, SchemaVersion: 1, CorrelationID: sagaID.String()}, nil
 }
 
-// event writes an order event through the orders outbox on tx.
-func (s *Service) event(ctx context.Context, tx pgx.Tx, typ string, orderID, sagaID uuid.UUID, reason string) error {
-	m, err := s.eventMessage(typ, orderID, sagaID, reason)
-	if err != nil {
-		return err
-	}
-	return s.outbox.Write(ctx, tx, m)
-}
-
 // queueEvent queues an order event on b.
 func (s *Service) queueEvent(b *pgx.Batch, typ string, orderID, sagaID uuid.UUID, reason string) error {
 	m, err := s.eventMessage(typ, orderID, sagaID, reason)
