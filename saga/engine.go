@@ -83,6 +83,11 @@ type Instance struct {
 	EndedAt      *time.Time      `json:"ended_at,omitempty"`
 }
 
+// scanInstances reads every row of rows as an instance and closes rows.
+func scanInstances(rows pgx.Rows) ([]*Instance, error) {
+	return pgx.CollectRows(rows, func(row pgx.CollectableRow) (*Instance, error) { return scanInstance(row) })
+}
+
 func scanInstance(row pgx.Row) (*Instance, error) {
 	var in Instance
 	var state string
@@ -148,7 +153,11 @@ func (e *Engine) StartBatch(b *pgx.Batch, sagaType string, id uuid.UUID, data js
 	if err != nil {
 		return nil, err
 	}
-	b.QueuedQueries = append(b.QueuedQueries, w.batch().QueuedQueries...)
+	wb, err := w.batch()
+	if err != nil {
+		return nil, fmt.Errorf("start saga %s: %w", id, err)
+	}
+	b.QueuedQueries = append(b.QueuedQueries, wb.QueuedQueries...)
 	return in, nil
 }
 
@@ -174,7 +183,11 @@ func (e *Engine) start(w *writes, sagaType string, id uuid.UUID, data json.RawMe
 
 // flush sends w's writes in one round trip and empties w.
 func flush(ctx context.Context, tx pgx.Tx, w *writes) error {
-	if err := SendBatch(ctx, tx, w.batch()); err != nil {
+	b, err := w.batch()
+	if err != nil {
+		return err
+	}
+	if err := SendBatch(ctx, tx, b); err != nil {
 		return fmt.Errorf("write saga changes: %w", err)
 	}
 	return nil
@@ -210,7 +223,7 @@ func (e *Engine) HandleReply(ctx context.Context, tx pgx.Tx, msg *message.Messag
 }
 
 // apply locks the saga that reply r answers and moves it. Its writes are
-// queued on b (the engine's transaction sends them in one round trip).
+// gathered in w (the engine's transaction sends them in one round trip).
 func (e *Engine) apply(ctx context.Context, tx pgx.Tx, w *writes, r Reply, msgID uuid.UUID) error {
 	in, err := scanInstance(tx.QueryRow(ctx, sqlLockInstance, r.SagaID))
 	if errors.Is(err, pgx.ErrNoRows) {
@@ -222,7 +235,7 @@ func (e *Engine) apply(ctx context.Context, tx pgx.Tx, w *writes, r Reply, msgID
 	return e.move(w, in, r, msgID)
 }
 
-// move moves saga in (locked) as reply r says, queuing its writes on b.
+// move moves saga in (locked) as reply r says, gathering its writes in w.
 func (e *Engine) move(w *writes, in *Instance, r Reply, msgID uuid.UUID) error {
 	def, ok := e.defs[in.Type]
 	if !ok {
@@ -390,19 +403,16 @@ func (w *writes) command(m outbox.Message) { w.cmds = append(w.cmds, m) }
 
 // batch queues the gathered history lines and commands after the
 // statements, and returns the batch to send; w is empty afterwards.
-func (w *writes) batch() *pgx.Batch {
+func (w *writes) batch() (*pgx.Batch, error) {
 	if h := &w.hist; len(h.ids) > 0 {
 		w.Queue(sqlInsertHistoryMany, h.ids, h.steps, h.kinds, h.attempts, h.events, h.reasons, h.msgIDs)
 	}
-	if len(w.cmds) > 0 {
-		// Queue fails only on an empty topic or an id it cannot make; the
-		// engine's commands have both already (definitions name their
-		// topics).
-		_ = sagaOutbox.Queue(&w.Batch, w.cmds...)
+	if err := sagaOutbox.Queue(&w.Batch, w.cmds...); err != nil {
+		return nil, fmt.Errorf("send %d saga command(s): %w", len(w.cmds), err)
 	}
 	b := w.Batch
 	*w = writes{}
-	return &b
+	return &b, nil
 }
 
 // SweepOnce handles up to limit sagas whose step deadline has passed, in one
@@ -422,17 +432,8 @@ func (e *Engine) SweepOnce(ctx context.Context, limit int) (int, error) {
 	if err != nil {
 		return 0, fmt.Errorf("find overdue sagas: %w", err)
 	}
-	var due []*Instance
-	for rows.Next() {
-		in, err := scanInstance(rows)
-		if err != nil {
-			rows.Close()
-			return 0, fmt.Errorf("read overdue saga: %w", err)
-		}
-		due = append(due, in)
-	}
-	rows.Close()
-	if err := rows.Err(); err != nil {
+	due, err := scanInstances(rows)
+	if err != nil {
 		return 0, fmt.Errorf("find overdue sagas: %w", err)
 	}
 	var w writes

@@ -156,18 +156,13 @@ func (e *Engine) HandleReplies(ctx context.Context, tx pgx.Tx, msgIDs []uuid.UUI
 	if err != nil {
 		return fmt.Errorf("lock %d sagas: %w", len(ids), err)
 	}
-	locked := make(map[uuid.UUID]*Instance, len(ids))
-	for rows.Next() {
-		in, err := scanInstance(rows)
-		if err != nil {
-			rows.Close()
-			return fmt.Errorf("lock %d sagas: %w", len(ids), err)
-		}
-		locked[in.ID] = in
-	}
-	rows.Close()
-	if err := rows.Err(); err != nil {
+	sagas, err := scanInstances(rows)
+	if err != nil {
 		return fmt.Errorf("lock %d sagas: %w", len(ids), err)
+	}
+	locked := make(map[uuid.UUID]*Instance, len(sagas))
+	for _, in := range sagas {
+		locked[in.ID] = in
 	}
 	var w writes
 	for i, r := range replies {

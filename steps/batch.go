@@ -104,17 +104,8 @@ func (ab actionBatch) HandleBatch(ctx context.Context, tx pgx.Tx, items []any) e
 			freshDs = append(freshDs, &a.data)
 			continue
 		}
-		switch r.status {
-		case statusDone:
-			outcomes[i] = saga.Succeeded
-		case statusRefused:
-			outcomes[i], reasons[i] = saga.Refused, r.reason
-		case statusCompensated:
-			outcomes[i], reasons[i] = saga.Refused, ReasonAlreadyCompensated
-		case statusTombstone:
-			outcomes[i], reasons[i] = saga.Refused, ReasonCompensatedFirst
-		default:
-			return fmt.Errorf("%s action of saga %s: unknown step status %q", p.name, a.cmd.SagaID, r.status)
+		if outcomes[i], reasons[i], err = answerAgain(r.status, r.reason); err != nil {
+			return fmt.Errorf("%s action of saga %s: %w", p.name, a.cmd.SagaID, err)
 		}
 	}
 	if len(fresh) > 0 {

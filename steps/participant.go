@@ -421,18 +421,7 @@ func (p *Participant) action(ctx context.Context, tx pgx.Tx, b *pgx.Batch, cmd s
 		return "", "", err
 	}
 	if found {
-		switch status {
-		case statusDone:
-			return saga.Succeeded, "", nil
-		case statusRefused:
-			return saga.Refused, reason, nil
-		case statusCompensated:
-			return saga.Refused, ReasonAlreadyCompensated, nil
-		case statusTombstone:
-			return saga.Refused, ReasonCompensatedFirst, nil
-		default:
-			return "", "", fmt.Errorf("unknown step status %q", status)
-		}
+		return answerAgain(status, reason)
 	}
 	refusal := ReasonInjected
 	if !refuse {
@@ -451,6 +440,23 @@ func (p *Participant) action(ctx context.Context, tx pgx.Tx, b *pgx.Batch, cmd s
 	}
 	b.Queue(p.q.insert, cmd.SagaID, cmd.Step, statusDone, nil)
 	return saga.Succeeded, "", nil
+}
+
+// answerAgain is the answer to an action whose steps row exists (status,
+// with its refusal reason): the action is not applied again.
+func answerAgain(status, reason string) (saga.Outcome, string, error) {
+	switch status {
+	case statusDone:
+		return saga.Succeeded, "", nil
+	case statusRefused:
+		return saga.Refused, reason, nil
+	case statusCompensated:
+		return saga.Refused, ReasonAlreadyCompensated, nil
+	case statusTombstone:
+		return saga.Refused, ReasonCompensatedFirst, nil
+	default:
+		return "", "", fmt.Errorf("unknown step status %q", status)
+	}
 }
 
 // compensate runs a compensation command (see the package documentation's
