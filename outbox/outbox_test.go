@@ -35,6 +35,8 @@ type env struct {
 	topic string
 	group string
 	ob    *outbox.Outbox
+	// mode is how the test's relays run (ModeWAL unless a test says).
+	mode outbox.Mode
 }
 
 // effect is the payload of test messages: key and its per-key number.
@@ -54,6 +56,7 @@ func setup(t *testing.T) *env {
 		topic: testenv.Name(t, "outbox"),
 		group: testenv.Name(t, "group"),
 		ob:    outbox.New("inventory"),
+		mode:  outbox.ModeWAL,
 	}
 	ctx := context.Background()
 	if err := e.kafka.EnsureTopics(ctx, e.topic, outbox.DeadLetterTopicOf(e.group)); err != nil {
@@ -119,6 +122,13 @@ func (e *env) writeMany(ctx context.Context, writers, perWriter, keys int) {
 // nil) and returns a function that stops it and waits for it.
 func (e *env) relay(ctx context.Context, p outbox.Producer, tweak func(*outbox.RelayConfig)) (stop func()) {
 	e.t.Helper()
+	_, stop = e.startRelay(ctx, p, tweak)
+	return stop
+}
+
+// startRelay is relay, returning the relay too.
+func (e *env) startRelay(ctx context.Context, p outbox.Producer, tweak func(*outbox.RelayConfig)) (r *outbox.Relay, stop func()) {
+	e.t.Helper()
 	if p == nil {
 		sp, err := e.kafka.NewSyncProducer()
 		if err != nil {
@@ -127,7 +137,8 @@ func (e *env) relay(ctx context.Context, p outbox.Producer, tweak func(*outbox.R
 		e.t.Cleanup(func() { sp.Close() })
 		p = sp
 	}
-	cfg := outbox.RelayConfig{Pool: e.db.Pool, Outboxes: []*outbox.Outbox{e.ob}, Producer: p, Logger: testLog, PollInterval: 200 * time.Millisecond, StandbyInterval: 100 * time.Millisecond}
+	cfg := outbox.RelayConfig{Pool: e.db.Pool, Outboxes: []*outbox.Outbox{e.ob}, Producer: p, Logger: testLog, Mode: e.mode,
+		PollInterval: 200 * time.Millisecond, StandbyInterval: 100 * time.Millisecond}
 	if tweak != nil {
 		tweak(&cfg)
 	}
@@ -139,12 +150,14 @@ func (e *env) relay(ctx context.Context, p outbox.Producer, tweak func(*outbox.R
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
-		_ = r.Run(ctx)
+		if err := r.Run(ctx); err != nil {
+			e.t.Errorf("relay: %v", err)
+		}
 	}()
 	var once sync.Once
 	stop = func() { once.Do(func() { cancel(); <-done }) }
 	e.t.Cleanup(stop)
-	return stop
+	return r, stop
 }
 
 // consumer is a running consumer behind the inbox that applies effects and
@@ -299,6 +312,20 @@ func (c *consumer) checkOrder(t *testing.T) {
 	}
 }
 
+// forModes runs test as parallel subtests, once with each relay mode, each
+// with its own env.
+func forModes(t *testing.T, test func(t *testing.T, e *env)) {
+	t.Parallel()
+	for _, mode := range []outbox.Mode{outbox.ModeWAL, outbox.ModePoll} {
+		t.Run(string(mode), func(t *testing.T) {
+			t.Parallel()
+			e := setup(t)
+			e.mode = mode
+			test(t, e)
+		})
+	}
+}
+
 // killAfterAck lets a batch reach Kafka, then "kills" the relay (cancels its
 // context) before it can delete the rows.
 type killAfterAck struct {
@@ -324,121 +351,121 @@ func (k *killAfterAck) SendMessages(msgs []*sarama.ProducerMessage) error {
 // Test 1: a relay killed after Kafka acknowledged a batch but before it
 // deleted the rows publishes them again; the inbox applies each effect once.
 func TestRelayKilledBeforeDeleteRepublishes(t *testing.T) {
-	t.Parallel()
-	ctx := context.Background()
-	e := setup(t)
-	const n = 300
-	e.writeMany(ctx, 3, n/3, 10)
+	forModes(t, func(t *testing.T, e *env) {
+		ctx := context.Background()
+		const n = 300
+		e.writeMany(ctx, 3, n/3, 10)
 
-	sp, err := e.kafka.NewSyncProducer()
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer sp.Close()
-	killCtx, kill := context.WithCancel(ctx)
-	killer := &killAfterAck{inner: sp, kill: kill}
-	stop := e.relay(killCtx, killer, func(c *outbox.RelayConfig) { c.BatchSize = 500 })
-	<-killCtx.Done()
-	stop()
-	if killer.sent.Load() != n {
-		t.Fatalf("first relay sent %d messages before it died, want the whole backlog %d", killer.sent.Load(), n)
-	}
-	b, err := e.ob.Backlog(ctx, e.db.Pool)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if b.Rows != n {
-		t.Fatalf("after the kill the outbox holds %d rows, want all %d (published, not deleted)", b.Rows, n)
-	}
+		sp, err := e.kafka.NewSyncProducer()
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer sp.Close()
+		killCtx, kill := context.WithCancel(ctx)
+		killer := &killAfterAck{inner: sp, kill: kill}
+		stop := e.relay(killCtx, killer, func(c *outbox.RelayConfig) { c.BatchSize = 500 })
+		<-killCtx.Done()
+		stop()
+		if killer.sent.Load() != n {
+			t.Fatalf("first relay sent %d messages before it died, want the whole backlog %d", killer.sent.Load(), n)
+		}
+		b, err := e.ob.Backlog(ctx, e.db.Pool)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if b.Rows != n {
+			t.Fatalf("after the kill the outbox holds %d rows, want all %d (published, not deleted)", b.Rows, n)
+		}
 
-	c := e.consume(ctx, nil)
-	e.relay(ctx, nil, nil) // the restarted relay publishes the rows again
-	e.waitEffects(ctx, n)
-	waitFor(t, "every copy delivered", func() bool { return c.deliveries.Load()+c.inbox.Duplicates() >= 2*n })
-	e.checkExactlyOnce(ctx, n)
-	c.checkOrder(t)
-	if c.inbox.Duplicates() != n {
-		t.Fatalf("the inbox absorbed %d duplicates, want %d", c.inbox.Duplicates(), n)
-	}
-	dups, err := outbox.DuplicatesAbsorbed(ctx, e.db.Pool, "inventory")
-	if err != nil {
-		t.Fatal(err)
-	}
-	if dups != n {
-		t.Fatalf("the inbox table recorded %d duplicates, want %d", dups, n)
-	}
+		c := e.consume(ctx, nil)
+		e.relay(ctx, nil, nil) // the restarted relay publishes the rows again
+		e.waitEffects(ctx, n)
+		waitFor(t, "every copy delivered", func() bool { return c.deliveries.Load()+c.inbox.Duplicates() >= 2*n })
+		e.checkExactlyOnce(ctx, n)
+		c.checkOrder(t)
+		if c.inbox.Duplicates() != n {
+			t.Fatalf("the inbox absorbed %d duplicates, want %d", c.inbox.Duplicates(), n)
+		}
+		dups, err := outbox.DuplicatesAbsorbed(ctx, e.db.Pool, "inventory")
+		if err != nil {
+			t.Fatal(err)
+		}
+		if dups != n {
+			t.Fatalf("the inbox table recorded %d duplicates, want %d", dups, n)
+		}
+	})
 }
 
 // Test 2: 20 concurrent writers × 1,000 messages over 100 keys: the
 // consumer receives every message, each key in commit order.
 func TestConcurrentWritersOrderPerKey(t *testing.T) {
-	t.Parallel()
-	ctx := context.Background()
-	e := setup(t)
-	c := e.consume(ctx, nil)
-	e.relay(ctx, nil, nil)
-	const writers, per, keys = 20, 1000, 100
-	e.writeMany(ctx, writers, per, keys)
-	e.waitEffects(ctx, writers*per)
-	waitFor(t, "outbox drained", func() bool { b, _ := e.ob.Backlog(ctx, e.db.Pool); return b.Rows == 0 })
-	e.checkExactlyOnce(ctx, writers*per)
-	c.checkOrder(t)
+	forModes(t, func(t *testing.T, e *env) {
+		ctx := context.Background()
+		c := e.consume(ctx, nil)
+		e.relay(ctx, nil, nil)
+		const writers, per, keys = 20, 1000, 100
+		e.writeMany(ctx, writers, per, keys)
+		e.waitEffects(ctx, writers*per)
+		waitFor(t, "outbox drained", func() bool { b, _ := e.ob.Backlog(ctx, e.db.Pool); return b.Rows == 0 })
+		e.checkExactlyOnce(ctx, writers*per)
+		c.checkOrder(t)
+	})
 }
 
 // Test 4: two relays on one outbox at the same time, the leader killed
 // halfway: nothing lost, per-key order holds.
 func TestTwoRelays(t *testing.T) {
-	t.Parallel()
-	ctx := context.Background()
-	e := setup(t)
-	c := e.consume(ctx, nil)
-	var relays [2]*outbox.Relay
-	stops := [2]func(){}
-	for i := range relays {
-		stops[i] = e.relay(ctx, nil, func(cfg *outbox.RelayConfig) {
-			cfg.BatchSize = 50
-			cfg.Logger = testLog.With("relay", i)
-		})
-	}
-	var wg sync.WaitGroup
-	wg.Add(1)
-	go func() { defer wg.Done(); e.writeMany(ctx, 4, 1000, 50) }()
-	e.waitEffects(ctx, 1000)
-	// Kill one relay (whichever leads or stands by); the other carries on.
-	stops[0]()
-	wg.Wait()
-	e.waitEffects(ctx, 4000)
-	waitFor(t, "outbox drained", func() bool { b, _ := e.ob.Backlog(ctx, e.db.Pool); return b.Rows == 0 })
-	e.checkExactlyOnce(ctx, 4000)
-	c.checkOrder(t)
+	forModes(t, func(t *testing.T, e *env) {
+		ctx := context.Background()
+		c := e.consume(ctx, nil)
+		var relays [2]*outbox.Relay
+		stops := [2]func(){}
+		for i := range relays {
+			stops[i] = e.relay(ctx, nil, func(cfg *outbox.RelayConfig) {
+				cfg.BatchSize = 50
+				cfg.Logger = testLog.With("relay", i)
+			})
+		}
+		var wg sync.WaitGroup
+		wg.Add(1)
+		go func() { defer wg.Done(); e.writeMany(ctx, 4, 1000, 50) }()
+		e.waitEffects(ctx, 1000)
+		// Kill one relay (whichever leads or stands by); the other carries on.
+		stops[0]()
+		wg.Wait()
+		e.waitEffects(ctx, 4000)
+		waitFor(t, "outbox drained", func() bool { b, _ := e.ob.Backlog(ctx, e.db.Pool); return b.Rows == 0 })
+		e.checkExactlyOnce(ctx, 4000)
+		c.checkOrder(t)
+	})
 }
 
 // A relay whose database connections are cut (the server terminates them)
 // reconnects and carries on: nothing lost, nothing applied twice.
 func TestRelayReconnectsAfterConnectionLoss(t *testing.T) {
-	t.Parallel()
-	ctx := context.Background()
-	e := setup(t)
-	c := e.consume(ctx, nil)
-	e.relay(ctx, nil, nil)
-	var wg sync.WaitGroup
-	wg.Add(1)
-	go func() { defer wg.Done(); e.writeMany(ctx, 4, 500, 20) }()
-	e.waitEffects(ctx, 200)
-	// Terminate the relay's leader connection.
-	var killed int
-	if err := e.db.Pool.QueryRow(ctx, `SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity
+	forModes(t, func(t *testing.T, e *env) {
+		ctx := context.Background()
+		c := e.consume(ctx, nil)
+		e.relay(ctx, nil, nil)
+		var wg sync.WaitGroup
+		wg.Add(1)
+		go func() { defer wg.Done(); e.writeMany(ctx, 4, 500, 20) }()
+		e.waitEffects(ctx, 200)
+		// Terminate the relay's leader connection.
+		var killed int
+		if err := e.db.Pool.QueryRow(ctx, `SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity
 		WHERE datname = current_database() AND application_name LIKE 'sagaflow-relay-%'`).Scan(&killed); err != nil {
-		t.Fatal(err)
-	}
-	if killed != 1 {
-		t.Fatalf("terminated %d relay connections, want 1 (the leader's)", killed)
-	}
-	wg.Wait()
-	e.waitEffects(ctx, 2000)
-	waitFor(t, "outbox drained", func() bool { b, _ := e.ob.Backlog(ctx, e.db.Pool); return b.Rows == 0 })
-	e.checkExactlyOnce(ctx, 2000)
-	c.checkOrder(t)
+			t.Fatal(err)
+		}
+		if killed != 1 {
+			t.Fatalf("terminated %d relay connections, want 1 (the leader's)", killed)
+		}
+		wg.Wait()
+		e.waitEffects(ctx, 2000)
+		waitFor(t, "outbox drained", func() bool { b, _ := e.ob.Backlog(ctx, e.db.Pool); return b.Rows == 0 })
+		e.checkExactlyOnce(ctx, 2000)
+		c.checkOrder(t)
+	})
 }
 
 // Test 5: the same message delivered to two consumer instances at the same

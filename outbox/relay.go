@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"regexp"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -35,10 +36,25 @@ type RelayConfig struct {
 	Outboxes []*Outbox
 	// Producer publishes batches.
 	Producer Producer
+	// Mode is how the relay learns of committed rows (default ModeAuto:
+	// from the WAL wherever the database allows it).
+	Mode Mode
+	// Slot names the logical replication slot and the publication the WAL
+	// relay streams from (default DefaultSlotName). Relays of the same
+	// outboxes share it: the slot admits one streaming relay at a time,
+	// which makes it the leader.
+	Slot string
+	// StatusInterval is how often the WAL relay reports the position up to
+	// which Kafka has everything (default 1 s). A restarted relay repeats
+	// what came after the last report.
+	StatusInterval time.Duration
+	// DeleteInterval is how long the WAL relay gathers published rows before
+	// it deletes them in one transaction (default 200 ms).
+	DeleteInterval time.Duration
 	// BatchSize is the most rows read, sent and deleted at once (default
 	// 5000: a 100,000-row backlog drained ~47% faster than with 1000).
 	BatchSize int
-	// The relay polls its outbox: at once after a batch, then after
+	// In ModePoll the relay polls its outbox: at once after a batch, then after
 	// MinPollInterval (default 2 ms), doubling while the outbox stays empty
 	// up to PollInterval (default 100 ms). A write through an Outbox in this
 	// process wakes it at once. (A NOTIFY trigger would wake it from other
@@ -74,6 +90,8 @@ type Relay struct {
 	log     *slog.Logger
 	stats   map[string]*relayStats
 	started atomic.Bool
+	mode    atomic.Value // Mode, once Run decided it
+	wal     *walState
 }
 
 type relayStats struct {
@@ -112,6 +130,21 @@ func NewRelay(cfg RelayConfig) (*Relay, error) {
 	if cfg.StandbyInterval <= 0 {
 		cfg.StandbyInterval = time.Second
 	}
+	if cfg.StatusInterval <= 0 {
+		cfg.StatusInterval = time.Second
+	}
+	if cfg.DeleteInterval <= 0 {
+		cfg.DeleteInterval = 200 * time.Millisecond
+	}
+	if cfg.Mode == "" {
+		cfg.Mode = ModeAuto
+	}
+	if _, err := ParseMode(string(cfg.Mode)); err != nil {
+		return nil, err
+	}
+	if cfg.Slot != "" && !validSlot.MatchString(cfg.Slot) {
+		return nil, fmt.Errorf("outbox relay: slot name %q: use 1 to 63 lowercase letters, digits and underscores", cfg.Slot)
+	}
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
 	}
@@ -120,17 +153,32 @@ func NewRelay(cfg RelayConfig) (*Relay, error) {
 		log:   cfg.Logger.With("component", "relay"),
 		stats: map[string]*relayStats{},
 	}
+	r.wal = &walState{del: newDeleter(r)}
 	for _, o := range cfg.Outboxes {
 		r.stats[o.Schema()] = &relayStats{}
 	}
 	return r, nil
 }
 
+var validSlot = regexp.MustCompile(`^[a-z0-9_]{1,63}$`)
+
 // Run drains the outboxes until ctx ends, then returns nil. Database and
 // Kafka outages are retried with backoff; rows stay in the outbox meanwhile.
+// It fails only when ModeWAL was asked for and the database cannot stream.
 func (r *Relay) Run(ctx context.Context) error {
 	if r.started.Swap(true) {
 		return errors.New("outbox relay: Run called twice")
+	}
+	mode, err := r.resolveMode(ctx)
+	if err != nil {
+		if ctx.Err() != nil {
+			return nil
+		}
+		return err
+	}
+	r.mode.Store(mode)
+	if mode == ModeWAL {
+		return r.runWAL(ctx)
 	}
 	var wg sync.WaitGroup
 	for _, o := range r.cfg.Outboxes {
@@ -142,6 +190,18 @@ func (r *Relay) Run(ctx context.Context) error {
 	}
 	wg.Wait()
 	return nil
+}
+
+// Mode is how the relay runs, once Run decided it ("" before).
+func (r *Relay) Mode() Mode {
+	m, _ := r.mode.Load().(Mode)
+	return m
+}
+
+// SlotsRecreated counts the replication slots the WAL relay found lost and
+// created again.
+func (r *Relay) SlotsRecreated() int64 {
+	return r.wal.slotsRecreated.Load()
 }
 
 // Stats returns the counters of every outbox.
@@ -225,7 +285,7 @@ func (r *Relay) lead(ctx context.Context, o *Outbox, log *slog.Logger, st *relay
 	idle := r.cfg.MinPollInterval
 	batch := make([]row, 0, r.cfg.BatchSize)
 	for ctx.Err() == nil {
-		batch, err = fetch(ctx, conn, o.q.fetch, r.cfg.BatchSize, batch[:0])
+		batch, err = fetch(ctx, conn, o.q.fetch, r.cfg.BatchSize, batch[:0], o.Schema())
 		if err != nil {
 			if ctx.Err() != nil {
 				return nil
@@ -315,6 +375,7 @@ func firstProducerError(err error) error {
 
 // row is one outbox row.
 type row struct {
+	schema  string
 	seq     int64
 	id      uuid.UUID
 	topic   string
@@ -323,14 +384,14 @@ type row struct {
 	headers map[string]string
 }
 
-func fetch(ctx context.Context, conn *pgx.Conn, query string, limit int, dst []row) ([]row, error) {
+func fetch(ctx context.Context, conn *pgx.Conn, query string, limit int, dst []row, schema string) ([]row, error) {
 	rows, err := conn.Query(ctx, query, limit)
 	if err != nil {
 		return dst, err
 	}
 	defer rows.Close()
 	for rows.Next() {
-		var rw row
+		rw := row{schema: schema}
 		if err := rows.Scan(&rw.seq, &rw.id, &rw.topic, &rw.key, &rw.payload, &rw.headers); err != nil {
 			return dst, err
 		}

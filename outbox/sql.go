@@ -20,6 +20,10 @@ type queries struct {
 	insert string
 	// fetch reads the oldest rows.
 	fetch string
+	// fetchUpTo reads the oldest rows whose seq is at most $2.
+	fetchUpTo string
+	// maxSeq is the highest seq in the table (0 when empty).
+	maxSeq string
 	// remove deletes published rows.
 	remove string
 	// backlog counts rows and the age of the oldest.
@@ -51,9 +55,11 @@ SELECT m.id, m.topic, m.key, m.payload, m.headers
 FROM unnest($1::uuid[], $2::text[], $3::text[], $4::bytea[], $5::jsonb[]) WITH ORDINALITY AS m(id, topic, key, payload, headers, ord)
 WHERE (SELECT count(*) FROM locks) >= 0
 ORDER BY m.ord`, s),
-		fetch:   fmt.Sprintf(`SELECT seq, id, topic, key, payload, headers FROM %s.outbox ORDER BY seq LIMIT $1`, s),
-		remove:  fmt.Sprintf(`DELETE FROM %s.outbox WHERE seq = ANY($1::bigint[])`, s),
-		backlog: fmt.Sprintf(`SELECT count(*), COALESCE(EXTRACT(EPOCH FROM now() - min(created_at)), 0)::float8 FROM %s.outbox`, s),
+		fetch:     fmt.Sprintf(`SELECT seq, id, topic, key, payload, headers FROM %s.outbox ORDER BY seq LIMIT $1`, s),
+		fetchUpTo: fmt.Sprintf(`SELECT seq, id, topic, key, payload, headers FROM %s.outbox WHERE seq <= $2 ORDER BY seq LIMIT $1`, s),
+		maxSeq:    fmt.Sprintf(`SELECT COALESCE(max(seq), 0) FROM %s.outbox`, s),
+		remove:    fmt.Sprintf(`DELETE FROM %s.outbox WHERE seq = ANY($1::bigint[])`, s),
+		backlog:   fmt.Sprintf(`SELECT count(*), COALESCE(EXTRACT(EPOCH FROM now() - min(created_at)), 0)::float8 FROM %s.outbox`, s),
 		inboxClaim: fmt.Sprintf(`INSERT INTO %s.inbox AS i (consumer, message_id) VALUES ($1, $2)
 ON CONFLICT (consumer, message_id) DO UPDATE SET duplicates = i.duplicates + 1
 RETURNING duplicates`, s),
@@ -64,5 +70,23 @@ RETURNING message_id, duplicates`, s),
 		inboxPurge: fmt.Sprintf(`DELETE FROM %[1]s.inbox WHERE ctid = ANY(ARRAY(
 	SELECT ctid FROM %[1]s.inbox WHERE received_at < $1 LIMIT $2))`, s),
 		duplicates: fmt.Sprintf(`SELECT COALESCE(sum(duplicates), 0)::bigint FROM %s.inbox`, s),
+	}
+}
+
+// walSQL is the SQL of the WAL relay's publication and replication slot,
+// both named after the slot; the list of tables is formatted into pubCreate
+// as sanitised identifiers.
+type walSQL struct {
+	pubExists, pubCreate, slotStatus, slotDrop, slotCreate string
+}
+
+func walQueries(slot string) walSQL {
+	return walSQL{
+		pubExists: `SELECT EXISTS (SELECT 1 FROM pg_publication WHERE pubname = $1)`,
+		// Only inserts: the relay's deletes need not be streamed.
+		pubCreate:  "CREATE PUBLICATION " + pgx.Identifier{slot}.Sanitize() + " FOR TABLE %s WITH (publish = 'insert')",
+		slotStatus: `SELECT wal_status FROM pg_replication_slots WHERE slot_name = $1`,
+		slotDrop:   `SELECT pg_drop_replication_slot($1)`,
+		slotCreate: `SELECT pg_create_logical_replication_slot($1, 'pgoutput')`,
 	}
 }

@@ -10,12 +10,14 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"maps"
 	"math/rand/v2"
 	"net"
 	"os"
 	"os/exec"
 	"os/user"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"syscall"
@@ -31,6 +33,17 @@ type Options struct {
 	// Settings are passed to postgres as -c name=value (for example fsync=off
 	// for throwaway test clusters).
 	Settings map[string]string
+}
+
+// Defaults are the settings every server gets unless Options.Settings says
+// otherwise: logical decoding, which the outbox relay streams from, with
+// room for a replication slot per test database, and a bound on the WAL an
+// abandoned slot can hold back.
+var Defaults = map[string]string{
+	"wal_level":              "logical",
+	"max_replication_slots":  "100",
+	"max_wal_senders":        "100",
+	"max_slot_wal_keep_size": "4GB",
 }
 
 // Server is a running PostgreSQL server.
@@ -119,8 +132,10 @@ func Start(ctx context.Context, opts Options) (*Server, error) {
 		return nil, err
 	}
 	args := []string{"-c", "listen_addresses=127.0.0.1", "-p", strconv.Itoa(s.port), "-k", dir}
-	for k, v := range opts.Settings {
-		args = append(args, "-c", k+"="+v)
+	settings := maps.Clone(Defaults)
+	maps.Copy(settings, opts.Settings)
+	for _, k := range slices.Sorted(maps.Keys(settings)) {
+		args = append(args, "-c", k+"="+settings[k])
 	}
 	cmd := s.command(ctx, "pg_ctl", "start", "-w", "-t", "60", "-s", "-D", s.dataDir(),
 		"-l", s.LogFile(), "-o", strings.Join(args, " "))

@@ -100,6 +100,10 @@ func startPostgres() {
 				"full_page_writes":   "off",
 				"max_connections":    "400",
 				"shared_buffers":     "128MB",
+				// Logical decoding streams only flushed WAL: with
+				// synchronous_commit off the WAL writer's delay would
+				// hold every hop back by up to its default 200 ms.
+				"wal_writer_delay": "10ms",
 			},
 		})
 		if err != nil {
@@ -201,6 +205,9 @@ func createDB(t testing.TB, name, options string) string {
 			return
 		}
 		defer conn.Close(context.Background())
+		// A relay's replication slot would keep the database alive.
+		_, _ = conn.Exec(context.Background(), `SELECT pg_terminate_backend(active_pid) FROM pg_replication_slots WHERE database = $1 AND active`, name)
+		_, _ = conn.Exec(context.Background(), `SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE database = $1`, name)
 		_, _ = conn.Exec(context.Background(), "DROP DATABASE IF EXISTS "+pgx.Identifier{name}.Sanitize()+" WITH (FORCE)")
 	})
 	return withDatabase(adminURL, name)

@@ -1,0 +1,742 @@
+package outbox
+
+import (
+	"context"
+	"encoding/binary"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"hash/fnv"
+	"log/slog"
+	"regexp"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/google/uuid"
+	"github.com/jackc/pglogrepl"
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/jackc/pgx/v5/pgproto3"
+)
+
+// Mode says how a Relay learns which rows were committed.
+type Mode string
+
+// The relay modes.
+const (
+	// ModeAuto streams from the WAL where the database allows it
+	// (wal_level=logical and a role with REPLICATION), and polls elsewhere.
+	ModeAuto Mode = "auto"
+	// ModeWAL streams committed outbox inserts from a logical replication
+	// slot; the relay runs no transaction of its own per batch.
+	ModeWAL Mode = "wal"
+	// ModePoll reads the outbox tables in a loop.
+	ModePoll Mode = "poll"
+)
+
+// ParseMode parses a --outbox flag value.
+func ParseMode(s string) (Mode, error) {
+	switch m := Mode(s); m {
+	case ModeAuto, ModeWAL, ModePoll:
+		return m, nil
+	}
+	return "", fmt.Errorf("unknown outbox relay mode %q (auto, wal or poll)", s)
+}
+
+// errSlotBusy means another relay streams from the slot: this one stands by.
+var errSlotBusy = errors.New("replication slot is in use by another relay")
+
+// walTx is one committed transaction's outbox rows and the WAL position
+// just past its commit.
+type walTx struct {
+	rows []row
+	end  pglogrepl.LSN
+}
+
+// walState is what the WAL relay keeps across its reconnects.
+type walState struct {
+	// slot (and publication) name.
+	slot string
+	// streamed is set once this relay streamed from the slot: a slot that
+	// then disappears was lost, not never created.
+	streamed bool
+	// slotsRecreated counts lost slots this relay created again.
+	slotsRecreated atomic.Int64
+	del            *deleter
+}
+
+// resolveMode decides between WAL and polling for ModeAuto, and checks that
+// ModeWAL can work.
+func (r *Relay) resolveMode(ctx context.Context) (Mode, error) {
+	if r.cfg.Mode == ModePoll {
+		return ModePoll, nil
+	}
+	var walLevel string
+	var canReplicate bool
+	err := r.cfg.Pool.QueryRow(ctx, `SELECT current_setting('wal_level'),
+		(SELECT rolreplication OR rolsuper FROM pg_roles WHERE rolname = current_user)`).Scan(&walLevel, &canReplicate)
+	if err != nil {
+		return "", fmt.Errorf("outbox relay: read wal_level: %w", err)
+	}
+	why := ""
+	switch {
+	case walLevel != "logical":
+		why = fmt.Sprintf("wal_level is %s, not logical", walLevel)
+	case !canReplicate:
+		why = "the database role has no REPLICATION attribute"
+	}
+	if why == "" {
+		return ModeWAL, nil
+	}
+	if r.cfg.Mode == ModeWAL {
+		return "", fmt.Errorf("outbox relay cannot stream from the WAL: %s (set wal_level=logical and ALTER ROLE … REPLICATION, or run with --outbox poll)", why)
+	}
+	r.log.Warn("outbox relay polls its tables: streaming from the WAL is unavailable", "reason", why)
+	return ModePoll, nil
+}
+
+// slotName is the replication slot (and publication) the relay uses unless
+// configured: unique per database and set of outboxes, since slot names are
+// global to the PostgreSQL cluster.
+func (r *Relay) slotName(ctx context.Context) (string, error) {
+	if r.cfg.Slot != "" {
+		return r.cfg.Slot, nil
+	}
+	var db string
+	if err := r.cfg.Pool.QueryRow(ctx, "SELECT current_database()").Scan(&db); err != nil {
+		return "", fmt.Errorf("outbox relay: read database name: %w", err)
+	}
+	return DefaultSlotName(db, r.schemas()), nil
+}
+
+var slotChars = regexp.MustCompile(`[^a-z0-9_]+`)
+
+// DefaultSlotName is the slot a relay of the given outbox schemas uses in
+// database db: sagaflow_<db>, with the schemas appended when they are not
+// the full set of Sagaflow's services. Names longer than PostgreSQL's 63
+// bytes are cut and end in a hash of the whole.
+func DefaultSlotName(db string, schemas []string) string {
+	name := "sagaflow_" + db
+	if !slices.Equal(sortedCopy(schemas), sortedCopy(ServiceSchemas)) {
+		name += "_" + strings.Join(schemas, "_")
+	}
+	name = slotChars.ReplaceAllString(strings.ToLower(name), "_")
+	if len(name) > 63 {
+		h := fnv.New32a()
+		h.Write([]byte(name))
+		name = fmt.Sprintf("%s_%08x", name[:54], h.Sum32())
+	}
+	return name
+}
+
+// ServiceSchemas are the schemas of Sagaflow's services, each with an outbox.
+var ServiceSchemas = []string{"orders", "saga", "inventory", "payment", "shipping"}
+
+func sortedCopy(s []string) []string {
+	c := slices.Clone(s)
+	slices.Sort(c)
+	return c
+}
+
+func (r *Relay) schemas() []string {
+	out := make([]string, len(r.cfg.Outboxes))
+	for i, o := range r.cfg.Outboxes {
+		out[i] = o.Schema()
+	}
+	return out
+}
+
+// runWAL is the WAL relay's life: take the slot, drain what the tables hold,
+// stream; on failure start over after a backoff; stand by while another
+// relay holds the slot.
+func (r *Relay) runWAL(ctx context.Context) error {
+	slot, err := r.slotName(ctx)
+	if err != nil {
+		return err
+	}
+	ws := r.wal
+	ws.slot = slot
+	delCtx, stopDeleter := context.WithCancel(context.WithoutCancel(ctx))
+	delDone := make(chan struct{})
+	go func() { defer close(delDone); ws.del.run(delCtx) }()
+	defer func() { stopDeleter(); <-delDone }()
+
+	log := r.log.With("slot", slot)
+	backoff := newBackoff(100*time.Millisecond, 5*time.Second)
+	for ctx.Err() == nil {
+		err := r.stream(ctx, ws, log, backoff)
+		r.setLeader(false)
+		if ctx.Err() != nil {
+			break
+		}
+		if errors.Is(err, errSlotBusy) {
+			select {
+			case <-ctx.Done():
+			case <-time.After(r.cfg.StandbyInterval):
+			}
+			continue
+		}
+		r.countFailure()
+		log.Warn("outbox relay lost its WAL stream; reconnecting", "err", err)
+		backoff.wait(ctx)
+	}
+	return nil
+}
+
+func (r *Relay) setLeader(v bool) {
+	for _, st := range r.stats {
+		st.leader.Store(v)
+	}
+}
+
+func (r *Relay) countFailure() {
+	for _, st := range r.stats {
+		st.failures.Add(1)
+	}
+}
+
+// ensureSlot creates the publication of the outbox tables (first: pgoutput
+// reads it as of each decoded change) and the logical replication slot.
+// A slot found missing after this relay streamed from it, or invalidated
+// because the database removed WAL it still needed, was lost: it is
+// created anew and the loss logged as an error. Nothing is lost with it,
+// because the outbox tables still hold every row not yet published, and the
+// relay drains them before it streams.
+func (r *Relay) ensureSlot(ctx context.Context, ws *walState, log *slog.Logger) error {
+	q := walQueries(ws.slot)
+	var pubExists bool
+	if err := r.cfg.Pool.QueryRow(ctx, q.pubExists, ws.slot).Scan(&pubExists); err != nil {
+		return fmt.Errorf("look up publication %s: %w", ws.slot, err)
+	}
+	if !pubExists {
+		tables := make([]string, len(r.cfg.Outboxes))
+		for i, o := range r.cfg.Outboxes {
+			tables[i] = pgx.Identifier{o.Schema(), "outbox"}.Sanitize()
+		}
+		_, err := r.cfg.Pool.Exec(ctx, fmt.Sprintf(q.pubCreate, strings.Join(tables, ", ")))
+		if err != nil && !isCode(err, "42710") { // another relay created it
+			return fmt.Errorf("create publication %s: %w", ws.slot, err)
+		}
+	}
+	var walStatus *string
+	err := r.cfg.Pool.QueryRow(ctx, q.slotStatus, ws.slot).Scan(&walStatus)
+	switch {
+	case errors.Is(err, pgx.ErrNoRows):
+		if ws.streamed || pubExists {
+			ws.slotsRecreated.Add(1)
+			log.Error("the outbox relay's replication slot was lost (dropped, or its database failed over to a replica without it); "+
+				"creating it again and publishing every row still in the outbox tables: nothing is lost, consumers absorb the repeats",
+				"slot", ws.slot)
+		}
+	case err != nil:
+		return fmt.Errorf("look up replication slot %s: %w", ws.slot, err)
+	case walStatus != nil && *walStatus == "lost":
+		ws.slotsRecreated.Add(1)
+		log.Error("the outbox relay's replication slot was invalidated: the database removed WAL it still needed (max_slot_wal_keep_size); "+
+			"dropping and creating it again, then publishing every row still in the outbox tables: nothing is lost",
+			"slot", ws.slot)
+		if _, err := r.cfg.Pool.Exec(ctx, q.slotDrop, ws.slot); err != nil {
+			return fmt.Errorf("drop invalidated replication slot %s: %w", ws.slot, err)
+		}
+	default:
+		return nil
+	}
+	if _, err := r.cfg.Pool.Exec(ctx, q.slotCreate, ws.slot); err != nil && !isCode(err, "42710") {
+		return fmt.Errorf("create replication slot %s: %w", ws.slot, err)
+	}
+	return nil
+}
+
+func isCode(err error, code string) bool {
+	var pgErr *pgconn.PgError
+	return errors.As(err, &pgErr) && pgErr.Code == code
+}
+
+// stream holds the slot for one connection's life: it drains the tables,
+// then publishes what the WAL brings until ctx ends or something fails.
+func (r *Relay) stream(ctx context.Context, ws *walState, log *slog.Logger, backoff *backoff) error {
+	if err := r.ensureSlot(ctx, ws, log); err != nil {
+		return err
+	}
+	cfg := r.cfg.Pool.Config().ConnConfig.Config.Copy()
+	cfg.RuntimeParams["application_name"] = "sagaflow-relay-wal"
+	cfg.RuntimeParams["replication"] = "database"
+	conn, err := pgconn.ConnectConfig(ctx, cfg)
+	if err != nil {
+		return fmt.Errorf("open replication connection: %w", err)
+	}
+	defer conn.Close(context.WithoutCancel(ctx))
+	err = pglogrepl.StartReplication(ctx, conn, ws.slot, 0, pglogrepl.StartReplicationOptions{
+		Mode: pglogrepl.LogicalReplication,
+		PluginArgs: []string{
+			"proto_version '1'",
+			"publication_names '" + ws.slot + "'",
+			"binary 'true'",
+		},
+	})
+	if isCode(err, "55006") { // object_in_use: another relay streams
+		return errSlotBusy
+	}
+	if err != nil {
+		return fmt.Errorf("start replication from slot %s: %w", ws.slot, err)
+	}
+	ws.streamed = true
+	r.setLeader(true)
+	backoff.reset()
+	log.Info("outbox relay is the leader, streaming from the WAL")
+
+	// Rows committed before the slot's position that are still in the
+	// tables (a relay died between Kafka's ack and the delete, or the slot
+	// is new) are published first; the stream repeats some of them, which
+	// the consumers' inboxes absorb.
+	if err := r.drainTables(ctx, ws); err != nil {
+		return err
+	}
+
+	txs := make(chan walTx, 256)
+	var confirmed atomic.Uint64
+	var pending atomic.Int64
+	sendCtx, stopSending := context.WithCancel(ctx)
+	sendDone := make(chan struct{})
+	go func() {
+		defer close(sendDone)
+		r.sendTxs(sendCtx, ws, log, txs, &confirmed, &pending)
+	}()
+	err = r.receive(ctx, conn, txs, sendDone, &confirmed, &pending)
+	stopSending()
+	<-sendDone
+	// Tell the server how far Kafka has everything, so that a restart
+	// repeats as little as possible.
+	if pos := confirmed.Load(); pos != 0 {
+		_ = pglogrepl.SendStandbyStatusUpdate(ctx, conn, pglogrepl.StandbyStatusUpdate{WALWritePosition: pglogrepl.LSN(pos)})
+	}
+	if ctx.Err() != nil {
+		return nil
+	}
+	return err
+}
+
+// drainTables publishes and deletes every row of the outbox tables up to
+// their highest seq at the start.
+func (r *Relay) drainTables(ctx context.Context, ws *walState) error {
+	batch := make([]row, 0, r.cfg.BatchSize)
+	for _, o := range r.cfg.Outboxes {
+		var top int64
+		if err := r.cfg.Pool.QueryRow(ctx, o.q.maxSeq).Scan(&top); err != nil {
+			return fmt.Errorf("read outbox %s: %w", o.Schema(), err)
+		}
+		for {
+			var err error
+			batch, err = r.fetchUpTo(ctx, o, top, batch[:0])
+			if err != nil {
+				return fmt.Errorf("read outbox %s: %w", o.Schema(), err)
+			}
+			if len(batch) == 0 {
+				break
+			}
+			if !r.send(ctx, r.log.With("outbox", o.Schema()), batch) {
+				return ctx.Err()
+			}
+			if err := ws.del.deleteNow(ctx, batch); err != nil {
+				return err
+			}
+			r.countPublished(batch)
+		}
+	}
+	return nil
+}
+
+func (r *Relay) fetchUpTo(ctx context.Context, o *Outbox, top int64, dst []row) ([]row, error) {
+	rows, err := r.cfg.Pool.Query(ctx, o.q.fetchUpTo, r.cfg.BatchSize, top)
+	if err != nil {
+		return dst, err
+	}
+	defer rows.Close()
+	for rows.Next() {
+		rw := row{schema: o.Schema()}
+		if err := rows.Scan(&rw.seq, &rw.id, &rw.topic, &rw.key, &rw.payload, &rw.headers); err != nil {
+			return dst, err
+		}
+		dst = append(dst, rw)
+	}
+	return dst, rows.Err()
+}
+
+func (r *Relay) countPublished(batch []row) {
+	seen := map[string]bool{}
+	for _, rw := range batch {
+		if st := r.stats[rw.schema]; st != nil {
+			st.published.Add(1)
+			if !seen[rw.schema] {
+				seen[rw.schema] = true
+				st.batches.Add(1)
+			}
+		}
+	}
+}
+
+// sendTxs publishes the streamed transactions in commit order, taking
+// whatever has arrived as one batch, and advances the confirmed position
+// past each batch once Kafka acknowledged all of it.
+func (r *Relay) sendTxs(ctx context.Context, ws *walState, log *slog.Logger, txs <-chan walTx, confirmed *atomic.Uint64, pending *atomic.Int64) {
+	batch := make([]row, 0, r.cfg.BatchSize)
+	for {
+		var tx walTx
+		select {
+		case <-ctx.Done():
+			return
+		case tx = <-txs:
+		}
+		batch = append(batch[:0], tx.rows...)
+		end, n := tx.end, int64(1)
+	more:
+		for len(batch) < r.cfg.BatchSize {
+			select {
+			case tx = <-txs:
+				batch = append(batch, tx.rows...)
+				end = tx.end
+				n++
+			default:
+				break more
+			}
+		}
+		if !r.send(ctx, log, batch) {
+			return
+		}
+		r.countPublished(batch)
+		confirmed.Store(uint64(end))
+		pending.Add(-n)
+		ws.del.add(batch)
+	}
+}
+
+// receive reads the replication stream, hands every committed transaction
+// with outbox rows to the sender, and reports the confirmed position to the
+// server every StatusInterval and whenever it asks.
+func (r *Relay) receive(ctx context.Context, conn *pgconn.PgConn, txs chan<- walTx, sendDone <-chan struct{}, confirmed *atomic.Uint64, pending *atomic.Int64) error {
+	relations := map[uint32]*relation{}
+	var cur walTx
+	inTx := false
+	nextStatus := time.Now().Add(r.cfg.StatusInterval)
+	status := func() error {
+		nextStatus = time.Now().Add(r.cfg.StatusInterval)
+		pos := pglogrepl.LSN(confirmed.Load())
+		if pos == 0 {
+			return nil
+		}
+		if err := pglogrepl.SendStandbyStatusUpdate(ctx, conn, pglogrepl.StandbyStatusUpdate{WALWritePosition: pos}); err != nil {
+			return fmt.Errorf("report position %s: %w", pos, err)
+		}
+		return nil
+	}
+	// advance confirms pos when nothing handed to the sender is still
+	// waiting for Kafka: everything before pos is then published.
+	advance := func(pos pglogrepl.LSN) {
+		if !inTx && pending.Load() == 0 && uint64(pos) > confirmed.Load() {
+			confirmed.Store(uint64(pos))
+		}
+	}
+	for {
+		if !time.Now().Before(nextStatus) {
+			if err := status(); err != nil {
+				return err
+			}
+		}
+		rctx, cancel := context.WithDeadline(ctx, nextStatus)
+		msg, err := conn.ReceiveMessage(rctx)
+		cancel()
+		if err != nil {
+			if ctx.Err() != nil {
+				return nil
+			}
+			if pgconn.Timeout(err) {
+				continue
+			}
+			return fmt.Errorf("receive from the WAL stream: %w", err)
+		}
+		var data []byte
+		switch m := msg.(type) {
+		case *pgproto3.CopyData:
+			data = m.Data
+		case *pgproto3.ErrorResponse:
+			return fmt.Errorf("WAL stream: %w", pgconn.ErrorResponseToPgError(m))
+		default:
+			continue
+		}
+		if len(data) == 0 {
+			continue
+		}
+		switch data[0] {
+		case pglogrepl.PrimaryKeepaliveMessageByteID:
+			ka, err := pglogrepl.ParsePrimaryKeepaliveMessage(data[1:])
+			if err != nil {
+				return fmt.Errorf("parse keepalive: %w", err)
+			}
+			advance(ka.ServerWALEnd)
+			if ka.ReplyRequested {
+				nextStatus = time.Time{}
+			}
+		case pglogrepl.XLogDataByteID:
+			xld, err := pglogrepl.ParseXLogData(data[1:])
+			if err != nil {
+				return fmt.Errorf("parse WAL data: %w", err)
+			}
+			lm, err := pglogrepl.Parse(xld.WALData)
+			if err != nil {
+				return fmt.Errorf("decode WAL message: %w", err)
+			}
+			switch lm := lm.(type) {
+			case *pglogrepl.RelationMessage:
+				rel, err := newRelation(lm)
+				if err != nil {
+					return err
+				}
+				relations[lm.RelationID] = rel
+			case *pglogrepl.BeginMessage:
+				inTx = true
+				cur = walTx{}
+			case *pglogrepl.InsertMessage:
+				rel := relations[lm.RelationID]
+				if rel == nil {
+					return fmt.Errorf("WAL stream: insert into unknown relation %d", lm.RelationID)
+				}
+				rw, err := rel.decode(lm.Tuple)
+				if err != nil {
+					return err
+				}
+				if r.stats[rw.schema] == nil {
+					return fmt.Errorf("WAL stream: insert into %s.outbox, which this relay does not drain (publication %s lists it)", rw.schema, r.wal.slot)
+				}
+				cur.rows = append(cur.rows, rw)
+			case *pglogrepl.CommitMessage:
+				inTx = false
+				if len(cur.rows) == 0 {
+					advance(lm.TransactionEndLSN)
+					continue
+				}
+				cur.end = lm.TransactionEndLSN
+				pending.Add(1)
+				if err := r.handOver(ctx, txs, cur, sendDone, status, &nextStatus); err != nil {
+					return err
+				}
+				cur = walTx{}
+			}
+		}
+	}
+}
+
+// handOver gives tx to the sender. While the sender is stuck (Kafka down)
+// it keeps reporting the confirmed position, so that the server does not
+// take the relay for dead.
+func (r *Relay) handOver(ctx context.Context, txs chan<- walTx, tx walTx, sendDone <-chan struct{}, status func() error, nextStatus *time.Time) error {
+	for {
+		t := time.NewTimer(time.Until(*nextStatus))
+		select {
+		case txs <- tx:
+			t.Stop()
+			return nil
+		case <-ctx.Done():
+			t.Stop()
+			return nil
+		case <-sendDone:
+			t.Stop()
+			return errors.New("outbox relay sender stopped")
+		case <-t.C:
+			if err := status(); err != nil {
+				return err
+			}
+		}
+	}
+}
+
+// relation maps an outbox table's columns, as the stream describes them.
+type relation struct {
+	schema string
+	// index of each column of row in the tuple
+	seq, id, topic, key, payload, headers int
+}
+
+func newRelation(m *pglogrepl.RelationMessage) (*relation, error) {
+	rel := &relation{schema: m.Namespace, seq: -1, id: -1, topic: -1, key: -1, payload: -1, headers: -1}
+	for i, c := range m.Columns {
+		switch c.Name {
+		case "seq":
+			rel.seq = i
+		case "id":
+			rel.id = i
+		case "topic":
+			rel.topic = i
+		case "key":
+			rel.key = i
+		case "payload":
+			rel.payload = i
+		case "headers":
+			rel.headers = i
+		}
+	}
+	if m.RelationName != "outbox" || min(rel.seq, rel.id, rel.topic, rel.key, rel.payload, rel.headers) < 0 {
+		return nil, fmt.Errorf("WAL stream: relation %s.%s is not an outbox table", m.Namespace, m.RelationName)
+	}
+	return rel, nil
+}
+
+// decode turns an inserted tuple into a row. The stream sends values in
+// binary form (pgoutput's binary option); text form is read too.
+func (rel *relation) decode(t *pglogrepl.TupleData) (row, error) {
+	rw := row{schema: rel.schema}
+	col := func(i int) (*pglogrepl.TupleDataColumn, error) {
+		if i >= len(t.Columns) || t.Columns[i].DataType == pglogrepl.TupleDataTypeNull || t.Columns[i].DataType == pglogrepl.TupleDataTypeToast {
+			return nil, fmt.Errorf("WAL stream: %s.outbox row lacks column %d", rel.schema, i)
+		}
+		return t.Columns[i], nil
+	}
+	bad := func(name string, err error) (row, error) {
+		return row{}, fmt.Errorf("WAL stream: decode %s.outbox column %s: %w", rel.schema, name, err)
+	}
+	c, err := col(rel.seq)
+	if err != nil {
+		return row{}, err
+	}
+	if c.DataType == pglogrepl.TupleDataTypeBinary {
+		if len(c.Data) != 8 {
+			return bad("seq", fmt.Errorf("%d bytes", len(c.Data)))
+		}
+		rw.seq = int64(binary.BigEndian.Uint64(c.Data))
+	} else if rw.seq, err = strconv.ParseInt(string(c.Data), 10, 64); err != nil {
+		return bad("seq", err)
+	}
+	if c, err = col(rel.id); err != nil {
+		return row{}, err
+	}
+	if c.DataType == pglogrepl.TupleDataTypeBinary {
+		if rw.id, err = uuid.FromBytes(c.Data); err != nil {
+			return bad("id", err)
+		}
+	} else if rw.id, err = uuid.ParseBytes(c.Data); err != nil {
+		return bad("id", err)
+	}
+	if c, err = col(rel.topic); err != nil {
+		return row{}, err
+	}
+	rw.topic = string(c.Data)
+	if c, err = col(rel.key); err != nil {
+		return row{}, err
+	}
+	rw.key = string(c.Data)
+	if c, err = col(rel.payload); err != nil {
+		return row{}, err
+	}
+	if c.DataType == pglogrepl.TupleDataTypeBinary {
+		rw.payload = c.Data
+	} else {
+		s, ok := strings.CutPrefix(string(c.Data), `\x`)
+		if !ok {
+			return bad("payload", errors.New("not hex"))
+		}
+		if rw.payload, err = hex.DecodeString(s); err != nil {
+			return bad("payload", err)
+		}
+	}
+	if c, err = col(rel.headers); err != nil {
+		return row{}, err
+	}
+	h := c.Data
+	if c.DataType == pglogrepl.TupleDataTypeBinary {
+		if len(h) == 0 || h[0] != 1 {
+			return bad("headers", errors.New("unknown jsonb binary version"))
+		}
+		h = h[1:]
+	}
+	if err := json.Unmarshal(h, &rw.headers); err != nil {
+		return bad("headers", err)
+	}
+	return rw, nil
+}
+
+// deleter deletes published rows a little later, many at once: one
+// transaction, without waiting for its WAL flush, per DeleteInterval
+// instead of one per batch. A row published but not yet deleted when the
+// relay dies is published again by the next leader's drain.
+type deleter struct {
+	r       *Relay
+	mu      sync.Mutex
+	pending map[string][]int64
+}
+
+func newDeleter(r *Relay) *deleter { return &deleter{r: r, pending: map[string][]int64{}} }
+
+func (d *deleter) add(batch []row) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	for _, rw := range batch {
+		d.pending[rw.schema] = append(d.pending[rw.schema], rw.seq)
+	}
+}
+
+// run deletes what was added every DeleteInterval until ctx ends, then once
+// more.
+func (d *deleter) run(ctx context.Context) {
+	t := time.NewTicker(d.r.cfg.DeleteInterval)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			fctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+			_ = d.flush(fctx)
+			cancel()
+			return
+		case <-t.C:
+			if err := d.flush(ctx); err != nil && ctx.Err() == nil {
+				d.r.log.Warn("delete published outbox rows failed; retrying", "err", err)
+			}
+		}
+	}
+}
+
+func (d *deleter) flush(ctx context.Context) error {
+	d.mu.Lock()
+	todo := d.pending
+	d.pending = map[string][]int64{}
+	d.mu.Unlock()
+	if len(todo) == 0 {
+		return nil
+	}
+	if err := d.remove(ctx, todo); err != nil {
+		d.mu.Lock()
+		for s, seqs := range todo {
+			d.pending[s] = append(d.pending[s], seqs...)
+		}
+		d.mu.Unlock()
+		return err
+	}
+	return nil
+}
+
+// deleteNow deletes the rows of batch at once.
+func (d *deleter) deleteNow(ctx context.Context, batch []row) error {
+	todo := map[string][]int64{}
+	for _, rw := range batch {
+		todo[rw.schema] = append(todo[rw.schema], rw.seq)
+	}
+	return d.remove(ctx, todo)
+}
+
+func (d *deleter) remove(ctx context.Context, todo map[string][]int64) error {
+	b := &pgx.Batch{}
+	b.Queue("SET LOCAL synchronous_commit = off")
+	for _, o := range d.r.cfg.Outboxes {
+		if seqs := todo[o.Schema()]; len(seqs) > 0 {
+			b.Queue(o.q.remove, seqs)
+		}
+	}
+	err := pgx.BeginFunc(ctx, d.r.cfg.Pool, func(tx pgx.Tx) error { return tx.SendBatch(ctx, b).Close() })
+	if err != nil {
+		return fmt.Errorf("delete published outbox rows: %w", err)
+	}
+	return nil
+}

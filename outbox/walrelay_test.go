@@ -1,0 +1,186 @@
+package outbox_test
+
+import (
+	"context"
+	"fmt"
+	"strings"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/IBM/sarama"
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
+
+	"github.com/sagaflow/sagaflow/internal/testenv"
+	"github.com/sagaflow/sagaflow/outbox"
+)
+
+// cutStreamAfterAck lets one streamed batch reach Kafka, then terminates
+// the relay's replication connection before the relay can report the
+// batch's position to the server: the crash of a relay between Kafka's ack
+// and its confirmation.
+type cutStreamAfterAck struct {
+	inner outbox.Producer
+	e     *env
+	cut   atomic.Bool
+	first atomic.Int64
+}
+
+func (c *cutStreamAfterAck) SendMessages(msgs []*sarama.ProducerMessage) error {
+	err := c.inner.SendMessages(msgs)
+	if err == nil && !c.cut.Swap(true) {
+		c.first.Store(int64(len(msgs)))
+		var n int
+		if qerr := c.e.db.Pool.QueryRow(context.Background(), `SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity
+			WHERE datname = current_database() AND application_name = 'sagaflow-relay-wal'`).Scan(&n); qerr != nil || n != 1 {
+			c.e.t.Errorf("terminate the relay's replication connection: %d terminated, %v", n, qerr)
+		}
+	}
+	return err
+}
+
+// waitLeader waits until r leads its outbox.
+func waitLeader(t *testing.T, r *outbox.Relay) {
+	t.Helper()
+	waitFor(t, "the relay leads", func() bool { return r.Stats()[0].Leader })
+}
+
+// The WAL relay confirms a position only after Kafka acknowledged
+// everything before it; a relay cut off after the ack but before it reported
+// the position streams the same transactions again, and the inbox absorbs
+// them: every effect once, every key in order.
+func TestWALRelayRepeatsWhatItDidNotConfirm(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	e := setup(t)
+	c := e.consume(ctx, nil)
+	sp, err := e.kafka.NewSyncProducer()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sp.Close()
+	cut := &cutStreamAfterAck{inner: sp, e: e}
+	// The relay reports only when asked, so the cut comes before any report.
+	relay, _ := e.startRelay(ctx, cut, func(cfg *outbox.RelayConfig) { cfg.StatusInterval = time.Hour })
+	waitLeader(t, relay)
+	const n = 1000
+	e.writeMany(ctx, 4, n/4, 20)
+	e.waitEffects(ctx, n)
+	waitFor(t, "outbox drained", func() bool { b, _ := e.ob.Backlog(ctx, e.db.Pool); return b.Rows == 0 })
+	e.checkExactlyOnce(ctx, n)
+	c.checkOrder(t)
+	if !cut.cut.Load() {
+		t.Fatal("the stream was never cut")
+	}
+	if got := c.inbox.Duplicates(); got < cut.first.Load() {
+		t.Fatalf("the inbox absorbed %d duplicates, want at least the %d messages of the unconfirmed batch", got, cut.first.Load())
+	}
+	if f := relay.Stats()[0].Failures; f < 1 {
+		t.Fatalf("relay counted %d stream failures, want at least 1", f)
+	}
+}
+
+// A replication slot lost while no relay ran (dropped by hand, or missing
+// after a failover) is detected, created again and counted, and the rows
+// committed meanwhile are published from the outbox table: nothing lost.
+func TestWALRelaySlotLost(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	e := setup(t)
+	c := e.consume(ctx, nil)
+	first, stop := e.startRelay(ctx, nil, nil)
+	waitLeader(t, first)
+	e.writeMany(ctx, 2, 100, 10)
+	e.waitEffects(ctx, 200)
+	stop()
+	if first.SlotsRecreated() != 0 {
+		t.Fatalf("first relay recreated %d slots, want 0", first.SlotsRecreated())
+	}
+	var dropped int
+	if err := e.db.Pool.QueryRow(ctx, `SELECT count(pg_drop_replication_slot(slot_name)) FROM pg_replication_slots
+		WHERE database = current_database()`).Scan(&dropped); err != nil || dropped != 1 {
+		t.Fatalf("drop the relay's slot: %d dropped, %v", dropped, err)
+	}
+	e.writeMany(ctx, 2, 150, 10) // committed while no slot exists
+	second, _ := e.startRelay(ctx, nil, nil)
+	waitLeader(t, second)
+	e.writeMany(ctx, 2, 50, 10)
+	e.waitEffects(ctx, 600)
+	waitFor(t, "outbox drained", func() bool { b, _ := e.ob.Backlog(ctx, e.db.Pool); return b.Rows == 0 })
+	e.checkExactlyOnce(ctx, 600)
+	c.checkOrder(t)
+	if got := second.SlotsRecreated(); got != 1 {
+		t.Fatalf("second relay recreated %d slots, want 1", got)
+	}
+}
+
+// ModeAuto streams from the WAL when the role may replicate and polls when
+// it may not; ModeWAL refuses to run without it, saying why.
+func TestRelayModeFollowsReplicationRight(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	e := setup(t)
+	role := strings.ToLower(testenv.Name(t, "norepl"))
+	if _, err := e.db.Pool.Exec(ctx, fmt.Sprintf(`CREATE ROLE %[1]s LOGIN NOREPLICATION;
+		GRANT USAGE ON SCHEMA inventory TO %[1]s; GRANT ALL ON ALL TABLES IN SCHEMA inventory TO %[1]s`,
+		pgx.Identifier{role}.Sanitize())); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		_, _ = e.db.Pool.Exec(context.Background(), fmt.Sprintf("DROP OWNED BY %[1]s; DROP ROLE %[1]s", pgx.Identifier{role}.Sanitize()))
+	})
+	cfg, err := pgxpool.ParseConfig(e.db.URL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg.ConnConfig.User = role
+	pool, err := pgxpool.NewWithConfig(ctx, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer pool.Close()
+	sp, err := e.kafka.NewSyncProducer()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sp.Close()
+
+	tests := []struct {
+		pool    *pgxpool.Pool
+		mode    outbox.Mode
+		want    outbox.Mode
+		wantErr string
+	}{
+		{pool: e.db.Pool, mode: outbox.ModeAuto, want: outbox.ModeWAL},
+		{pool: pool, mode: outbox.ModeAuto, want: outbox.ModePoll},
+		{pool: pool, mode: outbox.ModePoll, want: outbox.ModePoll},
+		{pool: pool, mode: outbox.ModeWAL, wantErr: "REPLICATION"},
+	}
+	for _, tc := range tests {
+		r, err := outbox.NewRelay(outbox.RelayConfig{Pool: tc.pool, Outboxes: []*outbox.Outbox{e.ob}, Producer: sp, Mode: tc.mode, Logger: testLog})
+		if err != nil {
+			t.Fatal(err)
+		}
+		rctx, cancel := context.WithCancel(ctx)
+		done := make(chan error, 1)
+		go func() { done <- r.Run(rctx) }()
+		if tc.wantErr != "" {
+			err := <-done
+			cancel()
+			if err == nil || !strings.Contains(err.Error(), tc.wantErr) {
+				t.Fatalf("mode %s without the right: Run returned %v, want an error naming %s", tc.mode, err, tc.wantErr)
+			}
+			continue
+		}
+		waitLeader(t, r)
+		got := r.Mode()
+		cancel()
+		if err := <-done; err != nil {
+			t.Fatal(err)
+		}
+		if got != tc.want {
+			t.Fatalf("mode %s: relay runs as %s, want %s", tc.mode, got, tc.want)
+		}
+	}
+}
