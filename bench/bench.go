@@ -45,6 +45,7 @@ import (
 
 	"github.com/sagaflow/sagaflow/kafkax"
 	"github.com/sagaflow/sagaflow/order"
+	"github.com/sagaflow/sagaflow/outbox"
 	"github.com/sagaflow/sagaflow/verify"
 )
 
@@ -98,6 +99,9 @@ type Config struct {
 	// SKUs is how many SKUs the orders spread over (default 100); 1 makes
 	// a hot-SKU benchmark, every reservation waiting for the same row lock.
 	SKUs int
+
+	// OutboxMode is the in-process relay's mode (default outbox.ModeWAL).
+	OutboxMode outbox.Mode
 
 	// DBMaxConns is the in-process stack's database pool size (default 32).
 	DBMaxConns int
@@ -166,6 +170,9 @@ func (c *Config) normalise() error {
 	}
 	if c.DBMaxConns == 0 {
 		c.DBMaxConns = DefaultDBMaxConns
+	}
+	if c.OutboxMode == "" && c.API == "" {
+		c.OutboxMode = outbox.ModeWAL
 	}
 	if c.Partitions == 0 {
 		c.Partitions = kafkax.DefaultPartitions
@@ -260,7 +267,7 @@ func run(ctx context.Context, cfg *Config, e *env) (*Report, error) {
 	stopWatcher()
 
 	rep := &Report{
-		Stack: e.stack, Transport: e.transport, Kafka: e.kafkaName,
+		Stack: e.stack, Transport: e.transport, Kafka: e.kafkaName, Outbox: e.outbox,
 		Refuse: cfg.Refuse, SKUs: cfg.SKUs, DurationSeconds: cfg.Duration.Seconds(), WarmupSeconds: cfg.Warmup.Seconds(),
 		SagasPerSecond: round(float64(t.inWindow.Load())/cfg.Duration.Seconds(), 2),
 		Latency:        t.latency.Summary(), Post: t.post.Summary(),

@@ -37,6 +37,8 @@ type env struct {
 	cpu    []*cpuSource
 
 	stack, transport, kafkaName string
+	// outbox is the in-process relay's mode.
+	outbox string
 
 	closers []func()
 }
@@ -59,7 +61,7 @@ var PGSettings = map[string]string{"synchronous_commit": "on", "max_connections"
 // startInProcess starts PostgreSQL, Kafka (kfake unless cfg.Brokers) and
 // every role in this process.
 func startInProcess(ctx context.Context, cfg *Config) (_ *env, err error) {
-	e := &env{stack: "in-process", transport: "http"}
+	e := &env{stack: "in-process", transport: "http", outbox: string(cfg.OutboxMode)}
 	defer func() {
 		if err != nil {
 			e.close()
@@ -155,8 +157,9 @@ func startInProcess(ctx context.Context, cfg *Config) (_ *env, err error) {
 	}
 	stack, err := roles.New(roles.Config{
 		Pool: e.pool, Kafka: e.kafka, Topics: e.topics, Roles: []string{roles.All}, Listener: ln,
-		Saga:   order.SagaConfig{StepTimeout: 5 * time.Second, Attempts: 3, CompensationAttempts: 10, Deadline: 5 * time.Minute},
-		Logger: cfg.Logger,
+		Saga:       order.SagaConfig{StepTimeout: 5 * time.Second, Attempts: 3, CompensationAttempts: 10, Deadline: 5 * time.Minute},
+		OutboxMode: cfg.OutboxMode,
+		Logger:     cfg.Logger,
 	})
 	if err != nil {
 		ln.Close()

@@ -20,6 +20,9 @@ type Report struct {
 	Transport string `json:"transport"`
 	// Kafka is "kfake" (embedded) or the brokers.
 	Kafka string `json:"kafka"`
+	// Outbox is the in-process relay's mode ("wal" or "poll"); empty for
+	// running roles.
+	Outbox string `json:"outbox,omitempty"`
 	// Loop is "open" (Rate orders/s) or "closed" (Concurrency workers).
 	Loop        string  `json:"loop"`
 	Rate        float64 `json:"rate,omitempty"`
@@ -126,8 +129,12 @@ func (r *Report) Describe() string {
 	if r.SKUs == 1 {
 		skus = "1 SKU (hot)"
 	}
-	return fmt.Sprintf("%s (%s), Kafka %s, %s, refuse %.0f%%, %s, %gs measured after %gs warm-up",
-		r.Stack, via, r.Kafka, loop, 100*r.Refuse, skus, r.DurationSeconds, r.WarmupSeconds)
+	relay := ""
+	if r.Outbox != "" {
+		relay = ", outbox " + r.Outbox
+	}
+	return fmt.Sprintf("%s (%s), Kafka %s%s, %s, refuse %.0f%%, %s, %gs measured after %gs warm-up",
+		r.Stack, via, r.Kafka, relay, loop, 100*r.Refuse, skus, r.DurationSeconds, r.WarmupSeconds)
 }
 
 // PrintTable writes the report as an aligned table.

@@ -13,6 +13,7 @@ import (
 
 	"github.com/sagaflow/sagaflow/bench"
 	"github.com/sagaflow/sagaflow/kafkax"
+	"github.com/sagaflow/sagaflow/outbox"
 )
 
 func runBench(ctx context.Context, args []string, stdout io.Writer) error {
@@ -34,6 +35,7 @@ func runBench(ctx context.Context, args []string, stdout io.Writer) error {
 	pgStatements := fs.Int("pg-statements", 0, "in process: report the `N` statements that took the most time (loads pg_stat_statements)")
 	cpuPIDs := fs.String("cpu-pid", "", "more processes to report the CPU time of, name=pid[,name=pid…] (e.g. orchestrator=1234)")
 	keepTopics := fs.Bool("keep-topics", false, "in process on a real broker: keep the run's topics and consumer groups")
+	outboxMode := fs.String("outbox", "wal", "in process: how the relay learns of committed outbox rows, wal or poll")
 	asJSON := fs.Bool("json", false, "print the report as JSON")
 	quiet := fs.Bool("quiet", false, "no progress lines")
 	fs.Usage = func() {
@@ -62,6 +64,10 @@ flags:
 	if *rate > 0 && set["concurrency"] {
 		return errors.New("choose --rate (open loop) or --concurrency (closed loop), not both")
 	}
+	mode, err := outbox.ParseMode(*outboxMode)
+	if err != nil {
+		return err
+	}
 	pids, err := parsePIDs(*cpuPIDs)
 	if err != nil {
 		return err
@@ -71,6 +77,7 @@ flags:
 		Direct: *direct, Rate: *rate, Concurrency: *concurrency, MaxInflight: *maxInflight,
 		Duration: *duration, Warmup: *warmup, Settle: *settle, Refuse: *refuse, SKUs: *skus, DBMaxConns: *dbMaxConns,
 		CPUProfile: *cpuProfile, PGStatements: *pgStatements, CPUPIDs: pids, KeepTopics: *keepTopics, Progress: os.Stderr,
+		OutboxMode: mode,
 	}
 	if *quiet {
 		cfg.Progress = nil

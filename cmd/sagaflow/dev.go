@@ -16,6 +16,7 @@ import (
 	"github.com/sagaflow/sagaflow/internal/uuidcodec"
 	"github.com/sagaflow/sagaflow/kafkax"
 	"github.com/sagaflow/sagaflow/migrations"
+	"github.com/sagaflow/sagaflow/outbox"
 	"github.com/sagaflow/sagaflow/steps"
 )
 
@@ -29,9 +30,14 @@ func runDev(ctx context.Context, args []string, stdout io.Writer) error {
 	kafkaPort := fs.Int("kafka-port", 19092, "embedded Kafka port at 127.0.0.1")
 	partitions := fs.Int("partitions", kafkax.DefaultPartitions, "partitions per topic")
 	httpAddr := fs.String("http", "127.0.0.1:8080", "API listen address")
+	outboxMode := fs.String("outbox", "wal", "how the relay learns of committed outbox rows: wal (logical replication) or poll")
 	var sf sagaFlags
 	sf.register(fs)
 	if err := parse(fs, args); err != nil {
+		return err
+	}
+	mode, err := outbox.ParseMode(*outboxMode)
+	if err != nil {
 		return err
 	}
 
@@ -82,7 +88,7 @@ func runDev(ctx context.Context, args []string, stdout io.Writer) error {
 	}
 	stack, err := roles.New(roles.Config{
 		Pool: pool, Kafka: kcfg, Topics: kafkax.DefaultTopics(), Roles: []string{roles.All}, HTTPAddr: *httpAddr,
-		Saga: sf.config(), AllowInjection: true, Crash: crash,
+		Saga: sf.config(), AllowInjection: true, Crash: crash, OutboxMode: mode,
 	})
 	if err != nil {
 		return err

@@ -16,6 +16,7 @@ import (
 	"github.com/sagaflow/sagaflow/internal/uuidcodec"
 	"github.com/sagaflow/sagaflow/kafkax"
 	"github.com/sagaflow/sagaflow/order"
+	"github.com/sagaflow/sagaflow/outbox"
 )
 
 // commonFlags are the connection flags every service command takes.
@@ -130,12 +131,17 @@ func runServe(ctx context.Context, args []string, stdout io.Writer) error {
 	httpAddr := fs.String("http", env("SAGAFLOW_HTTP", "127.0.0.1:8080"), "API listen address (role api)")
 	allowInjection := fs.Bool("allow-fault-injection", false, "let participants honour failure injection (order field inject, --inject); for tests and demos only")
 	inject := fs.String("inject", env("SAGAFLOW_INJECT", ""), "default failure injection, participant:mode[,…] (needs --allow-fault-injection)")
+	outboxMode := fs.String("outbox", env("SAGAFLOW_OUTBOX", "auto"), "how the relay learns of committed outbox rows: wal (a logical replication slot; needs wal_level=logical and a REPLICATION role), poll (reads the tables in a loop), or auto (wal where the database allows it)")
 	duplicate := fs.Bool("duplicate-relay", false, "publish every outbox row twice (test switch: proves the inboxes absorb duplicates)")
 	migrate := fs.Bool("migrate", false, "apply migrations before starting")
 	maxConns := fs.Int("db-max-conns", 16, "database pool size")
 	metricsAddr := fs.String("metrics", env("SAGAFLOW_METRICS", ""), "serve Prometheus metrics at http://ADDR/metrics (e.g. 127.0.0.1:9090); off when empty")
 	instanceID := fs.String("instance-id", env("SAGAFLOW_INSTANCE_ID", ""), "stable id of this instance (e.g. a pod name): static consumer-group membership, so a restart takes its partitions back at once")
 	if err := parse(fs, args); err != nil {
+		return err
+	}
+	mode, err := outbox.ParseMode(*outboxMode)
+	if err != nil {
 		return err
 	}
 	injected, err := parseInject([]string{*inject})
@@ -163,7 +169,7 @@ func runServe(ctx context.Context, args []string, stdout io.Writer) error {
 	stack, err := roles.New(roles.Config{
 		Pool: pool, Kafka: kcfg, Topics: c.topics(), Roles: strings.Split(*role, ","), HTTPAddr: *httpAddr,
 		Saga: sf.config(), AllowInjection: *allowInjection, Inject: injected, DuplicateRelay: *duplicate,
-		Crash: crash, MetricsAddr: *metricsAddr,
+		OutboxMode: mode, Crash: crash, MetricsAddr: *metricsAddr,
 	})
 	if err != nil {
 		return err

@@ -66,6 +66,9 @@ type Config struct {
 	Crash func(point string)
 	// DuplicateRelay makes the relay publish every row twice (a test switch).
 	DuplicateRelay bool
+	// OutboxMode is how the relay learns of committed rows (default
+	// outbox.ModeAuto: streamed from the WAL wherever the database allows).
+	OutboxMode outbox.Mode
 	// SweepInterval of the deadline sweeper (default 250 ms).
 	SweepInterval time.Duration
 	// InboxRetention is how long inbox rows are kept (default 7 days).
@@ -202,7 +205,7 @@ func (s *Stack) Run(ctx context.Context) error {
 			obs = append(obs, outbox.New(sc))
 		}
 		relay, err := outbox.NewRelay(outbox.RelayConfig{Pool: cfg.Pool, Outboxes: obs, Producer: producer,
-			DuplicateEach: cfg.DuplicateRelay, Logger: log})
+			Mode: cfg.OutboxMode, DuplicateEach: cfg.DuplicateRelay, Logger: log})
 		if err != nil {
 			return err
 		}
