@@ -26,6 +26,8 @@ type queries struct {
 	maxSeq string
 	// remove deletes published rows.
 	remove string
+	// removeSome deletes published rows and returns the seq of each it found.
+	removeSome string
 	// backlog counts rows and the age of the oldest.
 	backlog string
 
@@ -55,11 +57,12 @@ SELECT m.id, m.topic, m.key, m.payload, m.headers
 FROM unnest($1::uuid[], $2::text[], $3::text[], $4::bytea[], $5::jsonb[]) WITH ORDINALITY AS m(id, topic, key, payload, headers, ord)
 WHERE (SELECT count(*) FROM locks) >= 0
 ORDER BY m.ord`, s),
-		fetch:     fmt.Sprintf(`SELECT seq, id, topic, key, payload, headers FROM %s.outbox ORDER BY seq LIMIT $1`, s),
-		fetchUpTo: fmt.Sprintf(`SELECT seq, id, topic, key, payload, headers FROM %s.outbox WHERE seq <= $2 ORDER BY seq LIMIT $1`, s),
-		maxSeq:    fmt.Sprintf(`SELECT COALESCE(max(seq), 0) FROM %s.outbox`, s),
-		remove:    fmt.Sprintf(`DELETE FROM %s.outbox WHERE seq = ANY($1::bigint[])`, s),
-		backlog:   fmt.Sprintf(`SELECT count(*), COALESCE(EXTRACT(EPOCH FROM now() - min(created_at)), 0)::float8 FROM %s.outbox`, s),
+		fetch:      fmt.Sprintf(`SELECT seq, id, topic, key, payload, headers FROM %s.outbox ORDER BY seq LIMIT $1`, s),
+		fetchUpTo:  fmt.Sprintf(`SELECT seq, id, topic, key, payload, headers FROM %s.outbox WHERE seq <= $2 ORDER BY seq LIMIT $1`, s),
+		maxSeq:     fmt.Sprintf(`SELECT COALESCE(max(seq), 0) FROM %s.outbox`, s),
+		remove:     fmt.Sprintf(`DELETE FROM %s.outbox WHERE seq = ANY($1::bigint[])`, s),
+		removeSome: fmt.Sprintf(`DELETE FROM %s.outbox WHERE seq = ANY($1::bigint[]) RETURNING seq`, s),
+		backlog:    fmt.Sprintf(`SELECT count(*), COALESCE(EXTRACT(EPOCH FROM now() - min(created_at)), 0)::float8 FROM %s.outbox`, s),
 		inboxClaim: fmt.Sprintf(`INSERT INTO %s.inbox AS i (consumer, message_id) VALUES ($1, $2)
 ON CONFLICT (consumer, message_id) DO UPDATE SET duplicates = i.duplicates + 1
 RETURNING duplicates`, s),

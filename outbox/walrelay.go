@@ -662,19 +662,44 @@ func (rel *relation) decode(t *pglogrepl.TupleData) (row, error) {
 // transaction, without waiting for its WAL flush, per DeleteInterval
 // instead of one per batch. A row published but not yet deleted when the
 // relay dies is published again by the next leader's drain.
+//
+// Logical decoding sends a transaction once its commit is in the WAL, which
+// can be a moment before other sessions see it committed: a DELETE may then
+// not find a row already published. Such a row stays pending and is tried
+// again each round, up to maxDeleteRounds rounds (a row published twice, and
+// deleted the first time, is never found again).
 type deleter struct {
 	r       *Relay
 	mu      sync.Mutex
-	pending map[string][]int64
+	pending map[string][]pendingRow
 }
 
-func newDeleter(r *Relay) *deleter { return &deleter{r: r, pending: map[string][]int64{}} }
+type pendingRow struct {
+	seq int64
+	// rounds is how many deletes did not find the row yet.
+	rounds int
+}
+
+// maxDeleteRounds bounds the retries of a row a delete did not find: 50
+// rounds of 200 ms is 10 s, far beyond the moment between a commit's WAL
+// record and its visibility.
+const maxDeleteRounds = 50
+
+func newDeleter(r *Relay) *deleter { return &deleter{r: r, pending: map[string][]pendingRow{}} }
 
 func (d *deleter) add(batch []row) {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	for _, rw := range batch {
-		d.pending[rw.schema] = append(d.pending[rw.schema], rw.seq)
+		d.pending[rw.schema] = append(d.pending[rw.schema], pendingRow{seq: rw.seq})
+	}
+}
+
+func (d *deleter) requeue(todo map[string][]pendingRow) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	for s, rows := range todo {
+		d.pending[s] = append(d.pending[s], rows...)
 	}
 }
 
@@ -698,45 +723,85 @@ func (d *deleter) run(ctx context.Context) {
 	}
 }
 
+// flush deletes what is pending; rows not found yet stay pending.
 func (d *deleter) flush(ctx context.Context) error {
 	d.mu.Lock()
 	todo := d.pending
-	d.pending = map[string][]int64{}
+	d.pending = map[string][]pendingRow{}
 	d.mu.Unlock()
 	if len(todo) == 0 {
 		return nil
 	}
-	if err := d.remove(ctx, todo); err != nil {
-		d.mu.Lock()
-		for s, seqs := range todo {
-			d.pending[s] = append(d.pending[s], seqs...)
-		}
-		d.mu.Unlock()
+	missed, err := d.remove(ctx, todo)
+	if err != nil {
+		d.requeue(todo)
 		return err
 	}
-	return nil
-}
-
-// deleteNow deletes the rows of batch at once.
-func (d *deleter) deleteNow(ctx context.Context, batch []row) error {
-	todo := map[string][]int64{}
-	for _, rw := range batch {
-		todo[rw.schema] = append(todo[rw.schema], rw.seq)
-	}
-	return d.remove(ctx, todo)
-}
-
-func (d *deleter) remove(ctx context.Context, todo map[string][]int64) error {
-	b := &pgx.Batch{}
-	b.Queue("SET LOCAL synchronous_commit = off")
-	for _, o := range d.r.cfg.Outboxes {
-		if seqs := todo[o.Schema()]; len(seqs) > 0 {
-			b.Queue(o.q.remove, seqs)
+	for s, rows := range missed {
+		kept := rows[:0]
+		for _, p := range rows {
+			if p.rounds++; p.rounds < maxDeleteRounds {
+				kept = append(kept, p)
+			}
 		}
+		missed[s] = kept
 	}
-	err := pgx.BeginFunc(ctx, d.r.cfg.Pool, func(tx pgx.Tx) error { return tx.SendBatch(ctx, b).Close() })
-	if err != nil {
-		return fmt.Errorf("delete published outbox rows: %w", err)
-	}
+	d.requeue(missed)
 	return nil
+}
+
+// deleteNow deletes the rows of batch at once (rows just read, so visible).
+func (d *deleter) deleteNow(ctx context.Context, batch []row) error {
+	todo := map[string][]pendingRow{}
+	for _, rw := range batch {
+		todo[rw.schema] = append(todo[rw.schema], pendingRow{seq: rw.seq})
+	}
+	_, err := d.remove(ctx, todo)
+	return err
+}
+
+// remove deletes the rows of todo in one transaction and returns those it
+// did not find.
+func (d *deleter) remove(ctx context.Context, todo map[string][]pendingRow) (missed map[string][]pendingRow, err error) {
+	missed = map[string][]pendingRow{}
+	err = pgx.BeginFunc(ctx, d.r.cfg.Pool, func(tx pgx.Tx) error {
+		if _, err := tx.Exec(ctx, "SET LOCAL synchronous_commit = off"); err != nil {
+			return err
+		}
+		for _, o := range d.r.cfg.Outboxes {
+			rows := todo[o.Schema()]
+			if len(rows) == 0 {
+				continue
+			}
+			seqs := make([]int64, len(rows))
+			for i, p := range rows {
+				seqs[i] = p.seq
+			}
+			res, err := tx.Query(ctx, o.q.removeSome, seqs)
+			if err != nil {
+				return err
+			}
+			found, err := pgx.CollectRows(res, pgx.RowTo[int64])
+			if err != nil {
+				return err
+			}
+			if len(found) == len(rows) {
+				continue
+			}
+			gone := make(map[int64]bool, len(found))
+			for _, s := range found {
+				gone[s] = true
+			}
+			for _, p := range rows {
+				if !gone[p.seq] {
+					missed[o.Schema()] = append(missed[o.Schema()], p)
+				}
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, fmt.Errorf("delete published outbox rows: %w", err)
+	}
+	return missed, nil
 }
