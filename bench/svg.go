@@ -25,6 +25,7 @@ const (
 	plotTop    = 34
 	plotBottom = 54
 	legendLine = 20
+	legendTop  = 56
 )
 
 // seriesColours tell series apart (the Tableau 10 palette's first ones).
@@ -36,6 +37,9 @@ const (
 	gridColour = "#e4e4e4"
 	keyColour  = "#555" // legend entries that are not a series
 	p99Dash    = "7 4"
+	// The open loop's offered load, drawn under what was done.
+	offeredColour = "#999"
+	offeredDash   = "2 3"
 )
 
 // DefaultSweepTitle heads a sweep chart drawn without a title.
@@ -85,11 +89,14 @@ func WriteSweepSVG(w io.Writer, title string, series ...SweepSeries) error {
 		keys = append(keys, legendKey{colour: seriesColour(i), label: seriesName(s, i), marker: true})
 	}
 	keys = append(keys, legendKey{colour: keyColour, label: "latency p50"}, legendKey{colour: keyColour, label: "latency p99", dash: p99Dash})
+	if len(openX) > 0 {
+		keys = append(keys, legendKey{colour: offeredColour, label: "offered load", dash: offeredDash})
+	}
 	if broken {
 		keys = append(keys, legendKey{colour: keyColour, label: "invariants broken", marker: true, hollow: true, noLine: true})
 	}
 	lines := layoutLegend(keys)
-	headerH := 60 + float64(lines)*legendLine
+	headerH := legendTop + 8 + float64(lines)*legendLine
 
 	type row struct {
 		open  bool
@@ -114,7 +121,7 @@ func WriteSweepSVG(w io.Writer, title string, series ...SweepSeries) error {
 	if setup := sweepSetup(series); setup != "" {
 		c.fitText(svgMargin, 48, 12.5, "#444", svgWidth-2*svgMargin, setup)
 	}
-	c.legend(keys, 52)
+	c.legend(keys, legendTop)
 
 	half := float64(svgWidth-2*svgMargin) / 2
 	for ri, r := range rows {
@@ -160,7 +167,7 @@ func WriteSweepSVG(w io.Writer, title string, series ...SweepSeries) error {
 		}
 		if r.open {
 			// What was asked for, beside what was done.
-			offered = plotLine{metric: "offered", loop: loop, colour: "#999", dash: "2 3"}
+			offered = plotLine{metric: "offered", loop: loop, colour: offeredColour, dash: offeredDash}
 			for i, t := range r.ticks {
 				offered.pts = append(offered.pts, plotPoint{i: i, v: t})
 				maxTput = max(maxTput, t)
@@ -177,8 +184,6 @@ func WriteSweepSVG(w io.Writer, title string, series ...SweepSeries) error {
 		c.frame(left, tputTitle, xTitle, "sagas/s")
 		if r.open {
 			c.line(left, offered, false)
-			last := offered.pts[len(offered.pts)-1]
-			c.text(left.px(last.i), left.py(last.v)-8, 11, "middle", "#777", "", "offered")
 		}
 		for _, l := range tput {
 			c.line(left, l, true)
@@ -296,7 +301,10 @@ func (c *canvas) printf(format string, args ...any) { fmt.Fprintf(&c.Buffer, for
 
 // text writes a label; extra is more attributes, already escaped.
 func (c *canvas) text(x, y, size float64, anchor, fill, extra, s string) {
-	c.printf(`<text x="%s" y="%s" font-size="%s" text-anchor="%s" fill="%s" %s>%s</text>`+"\n",
+	if extra != "" {
+		extra = " " + extra
+	}
+	c.printf(`<text x="%s" y="%s" font-size="%s" text-anchor="%s" fill="%s"%s>%s</text>`+"\n",
 		num(x), num(y), num(size), anchor, fill, extra, esc(s))
 }
 

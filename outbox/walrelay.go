@@ -441,15 +441,29 @@ func (r *Relay) receive(ctx context.Context, conn *pgconn.PgConn, txs chan<- wal
 			confirmed.Store(uint64(pos))
 		}
 	}
+	// Reads time out at the next status report through the connection's
+	// read deadline rather than a context per message (pgconn would watch
+	// each context in a goroutine); one watcher ends the wait when ctx ends.
+	nc := conn.Conn()
+	stopWatch := context.AfterFunc(ctx, func() { _ = nc.SetReadDeadline(time.Now()) })
+	defer stopWatch()
+	var deadline time.Time
 	for {
 		if !time.Now().Before(nextStatus) {
 			if err := status(); err != nil {
 				return err
 			}
 		}
-		rctx, cancel := context.WithDeadline(ctx, nextStatus)
-		msg, err := conn.ReceiveMessage(rctx)
-		cancel()
+		if !deadline.Equal(nextStatus) {
+			deadline = nextStatus
+			if err := nc.SetReadDeadline(deadline); err != nil {
+				return fmt.Errorf("set read deadline: %w", err)
+			}
+		}
+		if ctx.Err() != nil {
+			return nil
+		}
+		msg, err := conn.ReceiveMessage(context.Background())
 		if err != nil {
 			if ctx.Err() != nil {
 				return nil
