@@ -270,14 +270,14 @@ func textWidth(s string, size float64) float64 {
 }
 
 // niceAxis returns a y axis's top and tick step for values up to maxV:
-// steps of 1, 2, 2.5 or 5 times a power of ten, about five of them, with a
-// little room above the highest value.
+// steps of 1, 2, 2.5 or 5 times a power of ten, three to six of them, with
+// a little room above the highest value.
 func niceAxis(maxV float64) (top, step float64) {
 	if !(maxV > 0) || math.IsInf(maxV, 0) {
 		return 1, 0.2
 	}
 	maxV *= 1.05
-	raw := maxV / 5
+	raw := maxV / 6
 	mag := math.Pow(10, math.Floor(math.Log10(raw)))
 	switch f := raw / mag; {
 	case f <= 1:

@@ -76,6 +76,12 @@ RETURNING message_id, duplicates`, s),
 	}
 }
 
+// slotsQuery lists the relays' slots of the current database with their lag.
+const slotsQuery = `SELECT slot_name, active,
+	COALESCE(pg_wal_lsn_diff(pg_current_wal_lsn(), confirmed_flush_lsn), 0)::bigint, COALESCE(wal_status, '')
+FROM pg_replication_slots
+WHERE database = current_database() AND slot_name LIKE 'sagaflow\_%' ORDER BY slot_name`
+
 // walSQL is the SQL of the WAL relay's publication and replication slot,
 // both named after the slot; the list of tables is formatted into pubCreate
 // as sanitised identifiers.

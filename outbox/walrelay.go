@@ -151,6 +151,38 @@ func (r *Relay) schemas() []string {
 	return out
 }
 
+// Slot is the state of a relay's replication slot, as the database sees it.
+type Slot struct {
+	Name string
+	// Active is whether a relay streams from it now.
+	Active bool
+	// LagBytes is how much WAL the slot holds back: from its confirmed
+	// position to the database's current WAL end.
+	LagBytes int64
+	// WALStatus is pg_replication_slots.wal_status ("reserved", "extended",
+	// "unreserved" or "lost").
+	WALStatus string
+}
+
+// Slots reads the Sagaflow relays' replication slots of db's database.
+func Slots(ctx context.Context, db interface {
+	Query(context.Context, string, ...any) (pgx.Rows, error)
+}) ([]Slot, error) {
+	rows, err := db.Query(ctx, slotsQuery)
+	if err != nil {
+		return nil, fmt.Errorf("read replication slots: %w", err)
+	}
+	slots, err := pgx.CollectRows(rows, func(r pgx.CollectableRow) (Slot, error) {
+		var s Slot
+		err := r.Scan(&s.Name, &s.Active, &s.LagBytes, &s.WALStatus)
+		return s, err
+	})
+	if err != nil {
+		return nil, fmt.Errorf("read replication slots: %w", err)
+	}
+	return slots, nil
+}
+
 // runWAL is the WAL relay's life: take the slot, drain what the tables hold,
 // stream; on failure start over after a backoff; stand by while another
 // relay holds the slot.

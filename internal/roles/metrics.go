@@ -26,6 +26,10 @@ func (s *Stack) registry() *prometheus.Registry {
 	reg.MustRegister(&backlogCollector{s: s,
 		rows: prometheus.NewDesc("sagaflow_outbox_backlog_rows", "Outbox rows waiting to be published.", []string{"outbox"}, nil),
 		age:  prometheus.NewDesc("sagaflow_outbox_oldest_age_seconds", "Age of the oldest outbox row waiting to be published.", []string{"outbox"}, nil),
+		slotLag: prometheus.NewDesc("sagaflow_outbox_slot_lag_bytes",
+			"WAL the relay's replication slot holds back (current WAL end minus its confirmed position).", []string{"slot"}, nil),
+		slotActive: prometheus.NewDesc("sagaflow_outbox_slot_active",
+			"1 while a relay streams from the replication slot, 0 when none does.", []string{"slot"}, nil),
 	})
 	if s.Relay != nil {
 		relay := s.Relay
@@ -42,6 +46,9 @@ func (s *Stack) registry() *prometheus.Registry {
 				return 0
 			}))
 		}
+		reg.MustRegister(prometheus.NewCounterFunc(prometheus.CounterOpts{
+			Name: "sagaflow_relay_slots_recreated_total", Help: "Replication slots this process's relay found lost and created again.",
+		}, func() float64 { return float64(relay.SlotsRecreated()) }))
 	}
 	engine := s.Engine
 	for name, get := range map[string]func() int64{
@@ -60,11 +67,16 @@ func (s *Stack) registry() *prometheus.Registry {
 }
 
 type backlogCollector struct {
-	s         *Stack
-	rows, age *prometheus.Desc
+	s                              *Stack
+	rows, age, slotLag, slotActive *prometheus.Desc
 }
 
-func (c *backlogCollector) Describe(ch chan<- *prometheus.Desc) { ch <- c.rows; ch <- c.age }
+func (c *backlogCollector) Describe(ch chan<- *prometheus.Desc) {
+	ch <- c.rows
+	ch <- c.age
+	ch <- c.slotLag
+	ch <- c.slotActive
+}
 
 func (c *backlogCollector) Collect(ch chan<- prometheus.Metric) {
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
@@ -77,6 +89,19 @@ func (c *backlogCollector) Collect(ch chan<- prometheus.Metric) {
 		}
 		ch <- prometheus.MustNewConstMetric(c.rows, prometheus.GaugeValue, float64(b.Rows), schema)
 		ch <- prometheus.MustNewConstMetric(c.age, prometheus.GaugeValue, b.OldestAge.Seconds(), schema)
+	}
+	slots, err := outbox.Slots(ctx, c.s.cfg.Pool)
+	if err != nil {
+		ch <- prometheus.NewInvalidMetric(c.slotLag, err)
+		return
+	}
+	for _, sl := range slots {
+		active := 0.0
+		if sl.Active {
+			active = 1
+		}
+		ch <- prometheus.MustNewConstMetric(c.slotLag, prometheus.GaugeValue, float64(sl.LagBytes), sl.Name)
+		ch <- prometheus.MustNewConstMetric(c.slotActive, prometheus.GaugeValue, active, sl.Name)
 	}
 }
 

@@ -547,6 +547,9 @@ func TestMetricsEndpoint(t *testing.T) {
 		"sagaflow_saga_started_total 1",
 		"sagaflow_saga_completed_total 1",
 		`sagaflow_relay_published_total{outbox="inventory"}`,
+		"sagaflow_outbox_slot_lag_bytes{slot=\"sagaflow_",
+		"sagaflow_outbox_slot_active{slot=\"sagaflow_",
+		"sagaflow_relay_slots_recreated_total 0",
 	} {
 		if !strings.Contains(string(body), want) {
 			t.Errorf("/metrics lacks %q", want)
