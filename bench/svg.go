@@ -148,7 +148,7 @@ func WriteSweepSVG(w io.Writer, title string, series ...SweepSeries) error {
 				}
 				i := slices.Index(r.ticks, p.x())
 				rep := p.Report
-				tip := fmt.Sprintf("%s, %s: %.1f sagas/s, p50 %.1f ms, p99 %.1f ms", name, p.Load(), rep.SagasPerSecond, rep.Latency.P50, rep.Latency.P99)
+				tip := fmt.Sprintf("%s — %s: %.1f sagas/s, p50 %.1f ms, p99 %.1f ms", name, p.Load(), rep.SagasPerSecond, rep.Latency.P50, rep.Latency.P99)
 				if !rep.OK() {
 					tip += ", " + rep.Verify.Summary
 				}

@@ -276,8 +276,9 @@ func TestSweepRejects(t *testing.T) {
 	}
 }
 
-// TestSweepInProcess sweeps two closed loops of a second each, each on its
-// own in-process stack (skipped with -short).
+// TestSweepInProcess sweeps two closed loops of a second each (after half
+// a second's warm-up, as TestRunInProcess, so that a slow start does not
+// fill the window), each on its own in-process stack (skipped with -short).
 func TestSweepInProcess(t *testing.T) {
 	if testing.Short() {
 		t.Skip("starts PostgreSQL, Kafka and every role, twice")
@@ -286,7 +287,17 @@ func TestSweepInProcess(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
 	var progress bytes.Buffer
-	points, err := Sweep(ctx, Config{Duration: time.Second, Brokers: kafkax.ParseBrokers(os.Getenv("KAFKA_BROKERS"))}, []int{1, 2}, nil, &progress)
+	base := Config{Duration: time.Second, Warmup: 500 * time.Millisecond, Brokers: kafkax.ParseBrokers(os.Getenv("KAFKA_BROKERS"))}
+	points, err := Sweep(ctx, base, []int{1, 2}, nil, &progress)
+	defer func() {
+		if t.Failed() {
+			for _, p := range points {
+				var buf bytes.Buffer
+				_ = p.Report.PrintTable(&buf)
+				t.Logf("\n%s", buf.String())
+			}
+		}
+	}()
 	t.Logf("\n%s", progress.String())
 	if err != nil {
 		t.Fatal(err)
