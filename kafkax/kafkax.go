@@ -193,7 +193,52 @@ func (c Config) EnsureTopics(ctx context.Context, topics ...string) error {
 			return fmt.Errorf("create Kafka topic %s: %w", t, err)
 		}
 	}
-	return nil
+	return waitLeaders(ctx, admin, topics, 30*time.Second)
+}
+
+// waitLeaders waits until every partition of topics has a leader: a broker
+// answers "not the leader" or "unknown topic" for a moment after creating a
+// topic, and a producer that meets it retries whole batches, repeating the
+// messages that had gone through.
+func waitLeaders(ctx context.Context, admin sarama.ClusterAdmin, topics []string, bound time.Duration) error {
+	deadline := time.Now().Add(bound)
+	for {
+		missing, err := leaderless(admin, topics)
+		if err == nil && missing == "" {
+			return nil
+		}
+		if time.Now().After(deadline) {
+			if err != nil {
+				return fmt.Errorf("wait for the leaders of topics %v: %w", topics, err)
+			}
+			return fmt.Errorf("partition %s has no leader %s after its creation", missing, bound)
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(100 * time.Millisecond):
+		}
+	}
+}
+
+// leaderless names the first partition of topics without a leader ("" when
+// every one has one).
+func leaderless(admin sarama.ClusterAdmin, topics []string) (string, error) {
+	md, err := admin.DescribeTopics(topics)
+	if err != nil {
+		return "", err
+	}
+	for _, t := range md {
+		if t.Err != sarama.ErrNoError {
+			return t.Name, nil
+		}
+		for _, p := range t.Partitions {
+			if p.Err != sarama.ErrNoError || p.Leader < 0 {
+				return fmt.Sprintf("%s/%d", t.Name, p.ID), nil
+			}
+		}
+	}
+	return "", nil
 }
 
 // Ping checks that at least one bootstrap broker accepts TCP connections, so

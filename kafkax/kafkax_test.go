@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/IBM/sarama"
 	"github.com/ThreeDotsLabs/watermill"
 	"github.com/ThreeDotsLabs/watermill/message"
 	"github.com/google/uuid"
@@ -129,5 +130,46 @@ func TestPingUnreachable(t *testing.T) {
 	}
 	if err := (kafkax.Config{}).Ping(context.Background()); err == nil || !strings.Contains(err.Error(), "KAFKA_BROKERS") {
 		t.Fatalf("empty broker list: error %v does not name KAFKA_BROKERS", err)
+	}
+}
+
+// EnsureTopics returns only once every partition of the new topics has a
+// leader, as a fresh client's metadata shows: a producer started right
+// after it never meets "unknown topic or partition" or "not the leader".
+func TestEnsureTopicsWaitsForLeaders(t *testing.T) {
+	t.Parallel()
+	cfg := testenv.Kafka(t)
+	cfg.Partitions = 12
+	topics := []string{testenv.Name(t, "a"), testenv.Name(t, "b"), testenv.Name(t, "c")}
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	if err := cfg.EnsureTopics(ctx, topics...); err != nil {
+		t.Fatal(err)
+	}
+	// One metadata request, no retries: what a producer meets first.
+	admin, err := sarama.NewClusterAdmin(cfg.Brokers, cfg.ProducerConfig())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer admin.Close()
+	md, err := admin.DescribeTopics(topics)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(md) != len(topics) {
+		t.Fatalf("metadata names %d topics, want %d", len(md), len(topics))
+	}
+	for _, tm := range md {
+		if tm.Err != sarama.ErrNoError {
+			t.Fatalf("topic %s right after EnsureTopics: %v", tm.Name, tm.Err)
+		}
+		if len(tm.Partitions) != 12 {
+			t.Fatalf("%s has %d partitions, want 12", tm.Name, len(tm.Partitions))
+		}
+		for _, p := range tm.Partitions {
+			if p.Err != sarama.ErrNoError || p.Leader < 0 {
+				t.Errorf("%s/%d has no leader right after EnsureTopics (leader %d, %v)", tm.Name, p.ID, p.Leader, p.Err)
+			}
+		}
 	}
 }
