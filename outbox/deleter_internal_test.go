@@ -63,3 +63,52 @@ func TestDeleterKeepsRowsNotYetVisible(t *testing.T) {
 type nopProducer struct{}
 
 func (nopProducer) SendMessages([]*sarama.ProducerMessage) error { return nil }
+
+// The relay widens the stream's 32-bit transaction ids against a snapshot's
+// 64-bit ones, across an epoch boundary too.
+func TestSnapshotVisibility(t *testing.T) {
+	t.Parallel()
+	const epoch = uint64(1) << 32
+	tests := []struct {
+		name    string
+		snap    string
+		xids    []uint32
+		visible bool
+	}{
+		{"committed before xmin", "100:110:", []uint32{90, 99}, true},
+		{"committed between xmin and xmax, not running", "100:110:100,105", []uint32{101, 109}, true},
+		{"still running", "100:110:100,105", []uint32{101, 105}, false},
+		{"not below xmax", "100:110:", []uint32{110}, false},
+		{"previous epoch", "4294967396:4294967406:", []uint32{4294967290}, true},
+		{"this epoch across the wrap", "4294967290:4294967406:4294967300", []uint32{5, 4294967295}, true},
+		{"running across the wrap", "4294967290:4294967406:4294967300", []uint32{4}, false},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			_, xmax, running, err := parseSnapshot(tc.snap)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if got := allVisible(tc.xids, xmax, running); got != tc.visible {
+				t.Fatalf("allVisible(%v) in %s = %v, want %v", tc.xids, tc.snap, got, tc.visible)
+			}
+		})
+	}
+	// allBelow compares circularly: an id just past the horizon is not below
+	// it, one just before is, on both sides of the wrap.
+	for _, tc := range []struct {
+		xid     uint32
+		horizon uint64
+		below   bool
+	}{
+		{99, 100, true}, {100, 100, false}, {101, 100, false},
+		{4294967290, epoch + 10, true}, {20, epoch + 10, false},
+	} {
+		if got := allBelow([]uint32{tc.xid}, tc.horizon); got != tc.below {
+			t.Errorf("allBelow(%d, %d) = %v, want %v", tc.xid, tc.horizon, got, tc.below)
+		}
+	}
+	if _, _, _, err := parseSnapshot("garbage"); err == nil {
+		t.Error("parseSnapshot accepted garbage")
+	}
+}

@@ -92,6 +92,9 @@ type Relay struct {
 	started atomic.Bool
 	mode    atomic.Value // Mode, once Run decided it
 	wal     *walState
+	// invisibleWaits counts batches the WAL relay held back until their
+	// transactions were visible.
+	invisibleWaits atomic.Int64
 }
 
 type relayStats struct {
@@ -203,6 +206,10 @@ func (r *Relay) Mode() Mode {
 func (r *Relay) SlotsRecreated() int64 {
 	return r.wal.slotsRecreated.Load()
 }
+
+// InvisibleWaits counts the batches the WAL relay held back because a
+// transaction was streamed before other sessions could see it.
+func (r *Relay) InvisibleWaits() int64 { return r.invisibleWaits.Load() }
 
 // Stats returns the counters of every outbox.
 func (r *Relay) Stats() []RelayStats {

@@ -51,10 +51,11 @@ func ParseMode(s string) (Mode, error) {
 // errSlotBusy means another relay streams from the slot: this one stands by.
 var errSlotBusy = errors.New("replication slot is in use by another relay")
 
-// walTx is one committed transaction's outbox rows and the WAL position
-// just past its commit.
+// walTx is one committed transaction's outbox rows, its transaction id and
+// the WAL position just past its commit.
 type walTx struct {
 	rows []row
+	xid  uint32
 	end  pglogrepl.LSN
 }
 
@@ -417,6 +418,8 @@ func (r *Relay) countPublished(batch []row) {
 // past each batch once Kafka acknowledged all of it.
 func (r *Relay) sendTxs(ctx context.Context, ws *walState, log *slog.Logger, txs <-chan walTx, confirmed *atomic.Uint64, pending *atomic.Int64) {
 	batch := make([]row, 0, r.cfg.BatchSize)
+	var xids []uint32
+	vis := &visibility{r: r}
 	for {
 		var tx walTx
 		select {
@@ -425,16 +428,23 @@ func (r *Relay) sendTxs(ctx context.Context, ws *walState, log *slog.Logger, txs
 		case tx = <-txs:
 		}
 		batch = append(batch[:0], tx.rows...)
+		xids = append(xids[:0], tx.xid)
 		end, n := tx.end, int64(1)
 	more:
 		for len(batch) < r.cfg.BatchSize {
 			select {
 			case tx = <-txs:
 				batch = append(batch, tx.rows...)
+				xids = append(xids, tx.xid)
 				end = tx.end
 				n++
 			default:
 				break more
+			}
+		}
+		if err := vis.await(ctx, xids); err != nil {
+			if ctx.Err() == nil {
+				log.Warn("check that streamed transactions are visible failed; publishing them anyway", "err", err)
 			}
 		}
 		if !r.send(ctx, log, batch) {
@@ -545,7 +555,7 @@ func (r *Relay) receive(ctx context.Context, conn *pgconn.PgConn, txs chan<- wal
 				relations[lm.RelationID] = rel
 			case *pglogrepl.BeginMessage:
 				inTx = true
-				cur = walTx{}
+				cur = walTx{xid: lm.Xid}
 			case *pglogrepl.InsertMessage:
 				rel := relations[lm.RelationID]
 				if rel == nil {
@@ -598,6 +608,113 @@ func (r *Relay) handOver(ctx context.Context, txs chan<- walTx, tx walTx, sendDo
 			}
 		}
 	}
+}
+
+// visibility holds a batch back until its transactions are visible to other
+// sessions. Logical decoding sends a transaction once its commit record is
+// flushed, a moment before the committing backend makes it visible (and, with
+// a synchronous standby, until the standby confirms). A consumer that reads
+// what the producing transaction wrote (the orchestrator's reply handler
+// looks up the saga that placement created with the first command) would not
+// find it, and take the saga for unknown. The polling relay never had this
+// window: it reads only visible rows.
+type visibility struct {
+	r *Relay
+	// horizon is the xmin of the last snapshot read: every transaction
+	// below it is visible for good.
+	horizon uint64
+}
+
+// await returns once every transaction of xids is visible, reading the
+// database's current snapshot as often as needed (at most once per batch
+// when they already are).
+func (v *visibility) await(ctx context.Context, xids []uint32) error {
+	wait := 200 * time.Microsecond
+	for counted := false; ; {
+		if v.horizon != 0 && allBelow(xids, v.horizon) {
+			return nil
+		}
+		var snap string
+		if err := v.r.cfg.Pool.QueryRow(ctx, "SELECT pg_current_snapshot()::text").Scan(&snap); err != nil {
+			return fmt.Errorf("read the current snapshot: %w", err)
+		}
+		xmin, xmax, running, err := parseSnapshot(snap)
+		if err != nil {
+			return err
+		}
+		v.horizon = xmin
+		if allVisible(xids, xmax, running) {
+			return nil
+		}
+		if !counted {
+			counted = true
+			v.r.invisibleWaits.Add(1)
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(wait):
+		}
+		wait = min(wait*2, 50*time.Millisecond)
+	}
+}
+
+// full widens a 32-bit transaction id to the 64-bit id of the epoch of ref
+// (a recent 64-bit id not older than it).
+func full(xid uint32, ref uint64) uint64 {
+	f := ref&^0xFFFFFFFF | uint64(xid)
+	if f > ref && f >= 1<<32 {
+		f -= 1 << 32
+	}
+	return f
+}
+
+// allBelow says whether every xid precedes horizon, comparing the 32-bit
+// ids circularly as PostgreSQL does (recent ids are within 2^31 of each
+// other).
+func allBelow(xids []uint32, horizon uint64) bool {
+	h := uint32(horizon)
+	for _, x := range xids {
+		if int32(x-h) >= 0 {
+			return false
+		}
+	}
+	return true
+}
+
+func allVisible(xids []uint32, xmax uint64, running map[uint64]bool) bool {
+	for _, x := range xids {
+		f := full(x, xmax)
+		if f >= xmax || running[f] {
+			return false
+		}
+	}
+	return true
+}
+
+// parseSnapshot parses pg_snapshot's text form, xmin:xmax:xip,xip,…
+func parseSnapshot(s string) (xmin, xmax uint64, running map[uint64]bool, err error) {
+	parts := strings.SplitN(s, ":", 3)
+	if len(parts) != 3 {
+		return 0, 0, nil, fmt.Errorf("parse snapshot %q", s)
+	}
+	if xmin, err = strconv.ParseUint(parts[0], 10, 64); err != nil {
+		return 0, 0, nil, fmt.Errorf("parse snapshot %q: %w", s, err)
+	}
+	if xmax, err = strconv.ParseUint(parts[1], 10, 64); err != nil {
+		return 0, 0, nil, fmt.Errorf("parse snapshot %q: %w", s, err)
+	}
+	running = map[uint64]bool{}
+	if parts[2] != "" {
+		for _, p := range strings.Split(parts[2], ",") {
+			x, err := strconv.ParseUint(p, 10, 64)
+			if err != nil {
+				return 0, 0, nil, fmt.Errorf("parse snapshot %q: %w", s, err)
+			}
+			running[x] = true
+		}
+	}
+	return xmin, xmax, running, nil
 }
 
 // relation maps an outbox table's columns, as the stream describes them.

@@ -184,3 +184,89 @@ func TestRelayModeFollowsReplicationRight(t *testing.T) {
 		}
 	}
 }
+
+// Logical decoding sends a transaction as soon as its commit is flushed,
+// before the committing session has made it visible; with a synchronous
+// standby that never answers, the commit stays invisible for as long as the
+// session waits. The WAL relay must hold such a transaction back until
+// other sessions can see it (a consumer may read what it wrote: the
+// orchestrator looks up the saga that placement created), then publish it.
+func TestWALRelayWaitsUntilCommitVisible(t *testing.T) {
+	// Not parallel: it sets synchronous_standby_names for the whole test
+	// cluster. Only sessions with synchronous_commit on wait for the
+	// standby, and the test cluster runs with it off.
+	ctx := context.Background()
+	e := setup(t)
+	c := e.consume(ctx, nil)
+	relay, _ := e.startRelay(ctx, nil, nil)
+	waitLeader(t, relay)
+
+	setStandby := func(value string) {
+		t.Helper()
+		q := "ALTER SYSTEM RESET synchronous_standby_names"
+		if value != "" {
+			q = "ALTER SYSTEM SET synchronous_standby_names = '" + value + "'"
+		}
+		if _, err := e.db.Pool.Exec(ctx, q); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := e.db.Pool.Exec(ctx, "SELECT pg_reload_conf()"); err != nil {
+			t.Fatal(err)
+		}
+	}
+	setStandby("sagaflow_standby_that_never_answers")
+	t.Cleanup(func() { setStandby("") })
+
+	conn, err := pgx.Connect(ctx, e.db.URL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close(ctx)
+	// The reload reaches a session at its next command.
+	waitFor(t, "the standby setting in force", func() bool {
+		var v string
+		return conn.QueryRow(ctx, "SHOW synchronous_standby_names").Scan(&v) == nil && v != ""
+	})
+	var pid int
+	if err := conn.QueryRow(ctx, "SELECT pg_backend_pid()").Scan(&pid); err != nil {
+		t.Fatal(err)
+	}
+	committed := make(chan error, 1)
+	go func() {
+		tx, err := conn.Begin(ctx)
+		if err != nil {
+			committed <- err
+			return
+		}
+		defer tx.Rollback(ctx) //nolint:errcheck
+		if _, err := tx.Exec(ctx, "SET LOCAL synchronous_commit = on"); err != nil {
+			committed <- err
+			return
+		}
+		if _, err := tx.Exec(ctx, "INSERT INTO counters (key, n) VALUES ('k', 1)"); err != nil {
+			committed <- err
+			return
+		}
+		if err := e.ob.Write(ctx, tx, outbox.Message{Topic: e.topic, Key: "k", Payload: []byte(`{"key":"k","n":1}`), Type: "test.effect"}); err != nil {
+			committed <- err
+			return
+		}
+		committed <- tx.Commit(ctx) // waits for the standby
+	}()
+	waitFor(t, "the relay holding back an invisible transaction, or publishing it", func() bool {
+		return relay.InvisibleWaits() > 0 || c.deliveries.Load() > 0
+	})
+	if n := c.deliveries.Load(); n != 0 {
+		t.Fatalf("the relay published a transaction other sessions could not see yet (%d deliveries)", n)
+	}
+	// Cancelling the wait makes the commit visible (it was committed locally).
+	if _, err := e.db.Pool.Exec(ctx, "SELECT pg_cancel_backend($1)", pid); err != nil {
+		t.Fatal(err)
+	}
+	if err := <-committed; err != nil {
+		t.Fatalf("commit: %v", err)
+	}
+	e.waitEffects(ctx, 1)
+	waitFor(t, "outbox drained", func() bool { b, _ := e.ob.Backlog(ctx, e.db.Pool); return b.Rows == 0 })
+	e.checkExactlyOnce(ctx, 1)
+}
