@@ -325,9 +325,11 @@ func (r *Relay) stream(ctx context.Context, ws *walState, log *slog.Logger, back
 
 	// Rows committed before the slot's position that are still in the
 	// tables (a relay died between Kafka's ack and the delete, or the slot
-	// is new) are published first; the stream repeats some of them, which
-	// the consumers' inboxes absorb.
-	if err := r.drainTables(ctx, ws); err != nil {
+	// is new) are published first. The stream then skips the rows the drain
+	// published, so a row committed between the slot's position and the
+	// drain goes out once.
+	drained, err := r.drainTables(ctx, ws)
+	if err != nil {
 		return err
 	}
 
@@ -340,7 +342,7 @@ func (r *Relay) stream(ctx context.Context, ws *walState, log *slog.Logger, back
 		defer close(sendDone)
 		r.sendTxs(sendCtx, ws, log, txs, &confirmed, &pending)
 	}()
-	err = r.receive(ctx, conn, txs, sendDone, &confirmed, &pending)
+	err = r.receive(ctx, conn, drained, txs, sendDone, &confirmed, &pending)
 	stopSending()
 	<-sendDone
 	// Tell the server how far Kafka has everything, so that a restart
@@ -354,34 +356,57 @@ func (r *Relay) stream(ctx context.Context, ws *walState, log *slog.Logger, back
 	return err
 }
 
+// drainedRows are the rows a leader's drain published, which the stream may
+// bring again: every one of them committed before upTo, the WAL insert
+// position read after the drain.
+type drainedRows struct {
+	seqs map[string]map[int64]bool
+	upTo pglogrepl.LSN
+}
+
+// skip says whether the stream's row was published by the drain.
+func (d *drainedRows) skip(rw row) bool {
+	return d.seqs[rw.schema][rw.seq]
+}
+
 // drainTables publishes and deletes every row of the outbox tables up to
-// their highest seq at the start.
-func (r *Relay) drainTables(ctx context.Context, ws *walState) error {
+// their highest seq at the start, and returns what it published.
+func (r *Relay) drainTables(ctx context.Context, ws *walState) (*drainedRows, error) {
+	d := &drainedRows{seqs: map[string]map[int64]bool{}}
 	batch := make([]row, 0, r.cfg.BatchSize)
 	for _, o := range r.cfg.Outboxes {
 		var top int64
 		if err := r.cfg.Pool.QueryRow(ctx, o.q.maxSeq).Scan(&top); err != nil {
-			return fmt.Errorf("read outbox %s: %w", o.Schema(), err)
+			return nil, fmt.Errorf("read outbox %s: %w", o.Schema(), err)
 		}
 		for {
 			var err error
 			batch, err = r.fetchUpTo(ctx, o, top, batch[:0])
 			if err != nil {
-				return fmt.Errorf("read outbox %s: %w", o.Schema(), err)
+				return nil, fmt.Errorf("read outbox %s: %w", o.Schema(), err)
 			}
 			if len(batch) == 0 {
 				break
 			}
 			if !r.send(ctx, r.log.With("outbox", o.Schema()), batch) {
-				return ctx.Err()
+				return nil, ctx.Err()
 			}
 			if err := ws.del.deleteNow(ctx, batch); err != nil {
-				return err
+				return nil, err
 			}
 			r.countPublished(batch)
+			if d.seqs[o.Schema()] == nil {
+				d.seqs[o.Schema()] = map[int64]bool{}
+			}
+			for _, rw := range batch {
+				d.seqs[o.Schema()][rw.seq] = true
+			}
 		}
 	}
-	return nil
+	if err := r.cfg.Pool.QueryRow(ctx, "SELECT pg_current_wal_insert_lsn()").Scan(&d.upTo); err != nil {
+		return nil, fmt.Errorf("read the WAL position after the drain: %w", err)
+	}
+	return d, nil
 }
 
 func (r *Relay) fetchUpTo(ctx context.Context, o *Outbox, top int64, dst []row) ([]row, error) {
@@ -460,7 +485,7 @@ func (r *Relay) sendTxs(ctx context.Context, ws *walState, log *slog.Logger, txs
 // receive reads the replication stream, hands every committed transaction
 // with outbox rows to the sender, and reports the confirmed position to the
 // server every StatusInterval and whenever it asks.
-func (r *Relay) receive(ctx context.Context, conn *pgconn.PgConn, txs chan<- walTx, sendDone <-chan struct{}, confirmed *atomic.Uint64, pending *atomic.Int64) error {
+func (r *Relay) receive(ctx context.Context, conn *pgconn.PgConn, drained *drainedRows, txs chan<- walTx, sendDone <-chan struct{}, confirmed *atomic.Uint64, pending *atomic.Int64) error {
 	relations := map[uint32]*relation{}
 	var cur walTx
 	inTx := false
@@ -568,9 +593,15 @@ func (r *Relay) receive(ctx context.Context, conn *pgconn.PgConn, txs chan<- wal
 				if r.stats[rw.schema] == nil {
 					return fmt.Errorf("WAL stream: insert into %s.outbox, which this relay does not drain (publication %s lists it)", rw.schema, r.wal.slot)
 				}
+				if drained != nil && drained.skip(rw) {
+					continue
+				}
 				cur.rows = append(cur.rows, rw)
 			case *pglogrepl.CommitMessage:
 				inTx = false
+				if drained != nil && lm.CommitLSN >= drained.upTo {
+					drained = nil // no drained row commits this late
+				}
 				if len(cur.rows) == 0 {
 					advance(lm.TransactionEndLSN)
 					continue
