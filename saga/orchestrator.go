@@ -46,7 +46,7 @@ type OrchestratorConfig struct {
 	DeadLetter      message.Publisher
 	DeadLetterTopic string
 	// SweepInterval is how often overdue sagas are looked for (default
-	// 250 ms); SweepBatch the most handled per transaction (default 100).
+	// 1 s); SweepBatch the most handled per transaction (default 100).
 	SweepInterval time.Duration
 	SweepBatch    int
 	Logger        *slog.Logger
@@ -72,7 +72,7 @@ func (e *Engine) Register(router *message.Router, cfg OrchestratorConfig) error 
 // ends. Any number of sweepers may run against one database.
 func (e *Engine) RunSweeper(ctx context.Context, interval time.Duration, batch int) error {
 	if interval <= 0 {
-		interval = 250 * time.Millisecond
+		interval = time.Second
 	}
 	if batch <= 0 {
 		batch = 100

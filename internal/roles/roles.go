@@ -69,7 +69,7 @@ type Config struct {
 	// OutboxMode is how the relay learns of committed rows (default
 	// outbox.ModeAuto: streamed from the WAL wherever the database allows).
 	OutboxMode outbox.Mode
-	// SweepInterval of the deadline sweeper (default 250 ms).
+	// SweepInterval of the deadline sweeper (default 1 s: a step is noticed overdue at most a second late, and an idle process does not query four times a second).
 	SweepInterval time.Duration
 	// InboxRetention is how long inbox rows are kept (default 7 days).
 	InboxRetention time.Duration
