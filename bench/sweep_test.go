@@ -311,8 +311,10 @@ func TestSweepInProcess(t *testing.T) {
 			t.Errorf("point %d: %+v, want a closed loop of %d", i, p, want)
 			continue
 		}
-		if p.Report.SagasPerSecond <= 0 || !p.Report.OK() {
-			t.Errorf("point %d: %.1f sagas/s, verify: %s", i, p.Report.SagasPerSecond, p.Report.Verify.Summary)
+		// Every saga the run placed ended, and the invariants hold; how many
+		// fell in a one-second window is a timing, never asserted.
+		if p.Report.Placed == 0 || p.Report.Ended != p.Report.Placed || !p.Report.OK() {
+			t.Errorf("point %d: placed %d, ended %d, verify: %s", i, p.Report.Placed, p.Report.Ended, p.Report.Verify.Summary)
 		}
 	}
 	if lines := strings.Split(strings.TrimSpace(progress.String()), "\n"); len(lines) != 2 ||
