@@ -15,7 +15,7 @@ import (
 )
 
 // outboxSchemas are the schemas whose outboxes the relay drains.
-var outboxSchemas = []string{"orders", "saga", "inventory", "payment", "shipping"}
+var outboxSchemas = outbox.ServiceSchemas
 
 // registry builds the process's Prometheus metrics: outbox backlog (rows and
 // age of the oldest, read from the database at scrape time), relay
