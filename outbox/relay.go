@@ -446,6 +446,20 @@ func (o *Outbox) Backlog(ctx context.Context, db interface {
 	return b, nil
 }
 
+// OldestAge is how long the first row still waiting in outbox o (in seq
+// order) has waited, by the database's clock; 0 when none waits. The
+// saga engine's delivery check asks it every sweep: a row older than a few
+// seconds means the relay cannot publish.
+func (o *Outbox) OldestAge(ctx context.Context, db interface {
+	QueryRow(context.Context, string, ...any) pgx.Row
+}) (time.Duration, error) {
+	var age float64
+	if err := db.QueryRow(ctx, o.q.oldest).Scan(&age); err != nil {
+		return 0, fmt.Errorf("read the oldest row of outbox %s: %w", o.Schema(), err)
+	}
+	return time.Duration(age * float64(time.Second)), nil
+}
+
 // backoff is an exponential backoff between lo and hi.
 type backoff struct {
 	lo, hi, cur time.Duration

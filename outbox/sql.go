@@ -30,6 +30,9 @@ type queries struct {
 	removeSome string
 	// backlog counts rows and the age of the oldest.
 	backlog string
+	// oldest is the age in seconds of the first row in seq order (0 when
+	// empty): an index lookup, cheap enough to ask every second.
+	oldest string
 
 	// inboxClaim records a message for a consumer. It returns 0 duplicates
 	// for the first delivery and the number of earlier deliveries for a
@@ -63,6 +66,7 @@ ORDER BY m.ord`, s),
 		remove:     fmt.Sprintf(`DELETE FROM %s.outbox WHERE seq = ANY($1::bigint[])`, s),
 		removeSome: fmt.Sprintf(`DELETE FROM %s.outbox WHERE seq = ANY($1::bigint[]) RETURNING seq`, s),
 		backlog:    fmt.Sprintf(`SELECT count(*), COALESCE(EXTRACT(EPOCH FROM now() - min(created_at)), 0)::float8 FROM %s.outbox`, s),
+		oldest:     fmt.Sprintf(`SELECT COALESCE(EXTRACT(EPOCH FROM now() - (SELECT created_at FROM %s.outbox ORDER BY seq LIMIT 1)), 0)::float8`, s),
 		inboxClaim: fmt.Sprintf(`INSERT INTO %s.inbox AS i (consumer, message_id) VALUES ($1, $2)
 ON CONFLICT (consumer, message_id) DO UPDATE SET duplicates = i.duplicates + 1
 RETURNING duplicates`, s),

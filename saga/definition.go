@@ -136,6 +136,14 @@ func (d *Definition) validate() error {
 	return nil
 }
 
+// stepName names step i, or says that the definition has no such step.
+func (d *Definition) stepName(i int) string {
+	if i < 0 || i >= len(d.Steps) {
+		return fmt.Sprintf("#%d (not in the definition)", i)
+	}
+	return d.Steps[i].Name
+}
+
 func (d *Definition) stepIndex(name string) int {
 	for i, s := range d.Steps {
 		if s.Name == name {

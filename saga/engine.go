@@ -58,6 +58,7 @@ const (
 	EventCompensated      = "compensated"
 	EventFailed           = "failed"
 	EventStuck            = "stuck"
+	EventDeadlineHeld     = "deadline held"
 	EventOperatorRetry    = "retried by operator"
 	EventOperatorResolved = "resolved by operator"
 )
@@ -72,15 +73,22 @@ type Instance struct {
 	Step    int `json:"step"`
 	Attempt int `json:"attempt"`
 	// Completed is how many steps' actions succeeded.
-	Completed    int             `json:"completed_steps"`
-	Data         json.RawMessage `json:"data"`
-	Reason       string          `json:"reason,omitempty"`
-	StepDeadline *time.Time      `json:"step_deadline,omitempty"`
-	Deadline     time.Time       `json:"deadline"`
-	Version      int             `json:"version"`
-	CreatedAt    time.Time       `json:"created_at"`
-	UpdatedAt    time.Time       `json:"updated_at"`
-	EndedAt      *time.Time      `json:"ended_at,omitempty"`
+	Completed int             `json:"completed_steps"`
+	Data      json.RawMessage `json:"data"`
+	Reason    string          `json:"reason,omitempty"`
+	// StepDeadline and Deadline are stored in the database's time (now()
+	// plus the timeouts, compared with now()); an Instance returned by Start
+	// carries the host's estimate of them.
+	StepDeadline *time.Time `json:"step_deadline,omitempty"`
+	Deadline     time.Time  `json:"deadline"`
+	Version      int        `json:"version"`
+	CreatedAt    time.Time  `json:"created_at"`
+	UpdatedAt    time.Time  `json:"updated_at"`
+	EndedAt      *time.Time `json:"ended_at,omitempty"`
+
+	// armFor is the step timeout the next update stores as the step
+	// deadline (now() + armFor, in database time); 0 stores none.
+	armFor time.Duration
 }
 
 // scanInstances reads every row of rows as an instance and closes rows.
@@ -101,9 +109,25 @@ func scanInstance(row pgx.Row) (*Instance, error) {
 type Engine struct {
 	pool    *pgxpool.Pool
 	defs    map[string]*Definition
+	types   []string // the keys of defs, for the sweeper
 	log     *slog.Logger
 	metrics engineMetrics
+	// delivery, when set, tells the sweeper whether messages are flowing.
+	delivery DeliveryCheck
 }
+
+// DeliveryCheck reports whether the pipeline that carries commands and
+// replies is stalled: a non-empty answer says why (for the saga's history),
+// an empty one that messages flow. The composition root supplies it (from
+// the age of the oldest unpublished outbox row); the engine does not know
+// where its messages travel.
+type DeliveryCheck func(ctx context.Context) (stalled string, err error)
+
+// SetDeliveryCheck makes the sweeper hold deadlines while c reports a
+// stall: an overdue step is then not an attempt, its deadline is re-armed
+// for the same attempt and nothing is resent, so that an outage delays
+// sagas instead of spending their attempts. Call it before the sweeper runs.
+func (e *Engine) SetDeliveryCheck(c DeliveryCheck) { e.delivery = c }
 
 // NewEngine validates the definitions and returns an engine that writes its
 // commands to the saga schema's outbox.
@@ -124,6 +148,9 @@ func NewEngine(pool *pgxpool.Pool, logger *slog.Logger, defs ...*Definition) (*E
 func (e *Engine) Define(d *Definition) error {
 	if err := d.validate(); err != nil {
 		return err
+	}
+	if _, ok := e.defs[d.Type]; !ok {
+		e.types = append(e.types, d.Type)
 	}
 	e.defs[d.Type] = d
 	return nil
@@ -170,9 +197,10 @@ func (e *Engine) start(w *writes, sagaType string, id uuid.UUID, data json.RawMe
 	in := &Instance{ID: id, Type: sagaType, State: Running, Step: 0, Attempt: 1, Data: data,
 		Deadline: now.Add(def.Deadline), Version: 1, CreatedAt: now, UpdatedAt: now}
 	first := def.Steps[0]
-	dl := now.Add(first.Retry.timeout(1))
+	timeout := first.Retry.timeout(1)
+	dl := now.Add(timeout)
 	in.StepDeadline = &dl
-	w.Queue(sqlInsertInstance, id, sagaType, data, dl, in.Deadline)
+	w.Queue(sqlInsertInstance, id, sagaType, data, timeout.Microseconds(), def.Deadline.Microseconds())
 	e.history(w, id, first.Name, "", 0, EventStarted, "", uuid.Nil)
 	if err := e.send(w, def, in, KindAction, ""); err != nil {
 		return nil, err
@@ -243,11 +271,15 @@ func (e *Engine) move(w *writes, in *Instance, r Reply, msgID uuid.UUID) error {
 	}
 	idx := def.stepIndex(r.Step)
 	wantKind := KindAction
-	if in.State == Compensating {
+	if in.State == Compensating || in.State == Stuck {
 		wantKind = KindCompensation
 	}
-	if idx < 0 || (in.State != Running && in.State != Compensating) || idx != in.Step || r.Kind != wantKind || r.Attempt != in.Attempt {
-		// A late or duplicated answer to an attempt the saga no longer
+	// A participant answers per (saga, step): its answer to any attempt
+	// sent of the step and kind awaited is the answer. A stuck saga still
+	// awaits the success of the compensation it gave up on.
+	awaiting := in.State == Running || in.State == Compensating || (in.State == Stuck && r.Outcome == Succeeded)
+	if idx < 0 || !awaiting || idx != in.Step || r.Kind != wantKind || r.Attempt < 1 || r.Attempt > in.Attempt {
+		// A late or duplicated answer to a step or kind the saga no longer
 		// waits for: keep it in the history and change nothing.
 		e.metrics.stale.Add(1)
 		reason := fmt.Sprintf("%s reply (attempt %d, %s) while the saga is %s at step %d attempt %d", r.Kind, r.Attempt, r.Outcome, in.State, in.Step, in.Attempt)
@@ -306,10 +338,16 @@ func (e *Engine) advance(w *writes, def *Definition, in *Instance, kind Kind, ca
 	if kind == KindCompensation {
 		policy = def.Steps[in.Step].CompensationRetry
 	}
-	dl := time.Now().Add(policy.timeout(in.Attempt))
-	in.StepDeadline = &dl
+	e.arm(in, policy.timeout(in.Attempt))
 	e.update(w, in)
 	return e.send(w, def, in, kind, causation)
+}
+
+// arm sets the saga's step deadline to d from now: the database's now()
+// when the update is written, the host's estimate in in.
+func (e *Engine) arm(in *Instance, d time.Duration) {
+	dl := time.Now().Add(d)
+	in.StepDeadline, in.armFor = &dl, d
 }
 
 // send writes the command of the saga's current step and attempt.
@@ -337,7 +375,7 @@ func (e *Engine) send(w *writes, def *Definition, in *Instance, kind Kind, causa
 // finish ends the saga in a terminal state and runs the definition's hook,
 // which queues its writes after the saga's.
 func (e *Engine) finish(w *writes, def *Definition, in *Instance, state State, reason string) error {
-	in.State, in.Reason, in.StepDeadline = state, reason, nil
+	in.State, in.Reason, in.StepDeadline, in.armFor = state, reason, nil, 0
 	e.update(w, in)
 	event := EventCompleted
 	switch state {
@@ -346,7 +384,7 @@ func (e *Engine) finish(w *writes, def *Definition, in *Instance, state State, r
 	case Failed:
 		event = EventFailed
 	}
-	e.history(w, in.ID, def.Steps[in.Step].Name, "", 0, event, reason, uuid.Nil)
+	e.history(w, in.ID, def.stepName(in.Step), "", 0, event, reason, uuid.Nil)
 	hook := def.OnCancelled
 	if state == Completed {
 		hook = def.OnCompleted
@@ -364,7 +402,12 @@ func (e *Engine) finish(w *writes, def *Definition, in *Instance, state State, r
 
 // update queues the saga row's new state.
 func (e *Engine) update(w *writes, in *Instance) {
-	w.Queue(sqlUpdateInstance, in.ID, string(in.State), in.Step, in.Attempt, in.Completed, in.Reason, in.StepDeadline)
+	var armFor *int64
+	if in.StepDeadline != nil {
+		us := in.armFor.Microseconds()
+		armFor = &us
+	}
+	w.Queue(sqlUpdateInstance, in.ID, string(in.State), in.Step, in.Attempt, in.Completed, in.Reason, armFor)
 	in.Version++
 }
 
@@ -415,30 +458,48 @@ func (w *writes) batch() (*pgx.Batch, error) {
 	return &b, nil
 }
 
-// SweepOnce handles up to limit sagas whose step deadline has passed, in one
-// transaction, and returns how many it handled. An overdue action is resent
-// with the next attempt until its attempts (or the saga's deadline) are
-// spent; then the step fails and the saga compensates, the failed step
-// included, because its action may yet arrive or may have happened unseen.
-// An overdue compensation is resent until its attempts are spent; then the
-// saga is stuck.
+// SweepOnce handles up to limit sagas of this engine's types whose step
+// deadline has passed, in one transaction, and returns how many it handled.
+// An overdue action is resent with the next attempt until its attempts (or
+// the saga's deadline) are spent; then the step fails and the saga
+// compensates, the failed step included, because its action may yet arrive
+// or may have happened unseen. An overdue compensation is resent until its
+// attempts are spent; then the saga is stuck. While the delivery check
+// reports a stall, an overdue step is held instead: same attempt, deadline
+// re-armed, nothing resent.
 func (e *Engine) SweepOnce(ctx context.Context, limit int) (int, error) {
+	var stalled string
+	if e.delivery != nil {
+		var err error
+		if stalled, err = e.delivery(ctx); err != nil {
+			return 0, fmt.Errorf("check delivery before the deadline sweep: %w", err)
+		}
+	}
 	tx, err := e.pool.Begin(ctx)
 	if err != nil {
 		return 0, fmt.Errorf("begin deadline sweep: %w", err)
 	}
 	defer tx.Rollback(context.WithoutCancel(ctx)) //nolint:errcheck // a no-op after Commit
-	rows, err := tx.Query(ctx, sqlOverdue, limit)
+	rows, err := tx.Query(ctx, sqlOverdue, e.types, limit)
 	if err != nil {
 		return 0, fmt.Errorf("find overdue sagas: %w", err)
 	}
-	due, err := scanInstances(rows)
+	due, err := pgx.CollectRows(rows, func(row pgx.CollectableRow) (overdue, error) {
+		var o overdue
+		o.Instance = new(Instance)
+		var state string
+		in := o.Instance
+		err := row.Scan(&in.ID, &in.Type, &state, &in.Step, &in.Attempt, &in.Completed, &in.Data, &in.Reason,
+			&in.StepDeadline, &in.Deadline, &in.Version, &in.CreatedAt, &in.UpdatedAt, &in.EndedAt, &o.pastDeadline)
+		in.State = State(state)
+		return o, err
+	})
 	if err != nil {
 		return 0, fmt.Errorf("find overdue sagas: %w", err)
 	}
 	var w writes
-	for _, in := range due {
-		if err := e.timeout(&w, in); err != nil {
+	for _, o := range due {
+		if err := e.timeout(&w, o, stalled); err != nil {
 			return 0, err
 		}
 	}
@@ -451,23 +512,44 @@ func (e *Engine) SweepOnce(ctx context.Context, limit int) (int, error) {
 	return len(due), nil
 }
 
-func (e *Engine) timeout(w *writes, in *Instance) error {
-	def, ok := e.defs[in.Type]
-	if !ok {
-		return nil // another orchestrator's saga type
+// overdue is a saga the sweeper claimed; pastDeadline is the database's
+// verdict on the saga's own deadline.
+type overdue struct {
+	*Instance
+	pastDeadline bool
+}
+
+func (e *Engine) timeout(w *writes, o overdue, stalled string) error {
+	in := o.Instance
+	def := e.defs[in.Type] // the sweep claims only known types
+	if in.Step < 0 || in.Step >= len(def.Steps) {
+		reason := fmt.Sprintf("saga type %s has no step %d (a deploy removed it?): an operator must resolve it", in.Type, in.Step)
+		e.markStuck(w, def, in, KindAction, reason)
+		return nil
 	}
 	step := def.Steps[in.Step]
+	kind, policy := KindAction, step.Retry
+	if in.State == Compensating {
+		kind, policy = KindCompensation, step.CompensationRetry
+	}
+	if stalled != "" {
+		// The command or its answer could not travel: not an attempt.
+		e.metrics.held.Add(1)
+		e.history(w, in.ID, step.Name, kind, in.Attempt, EventDeadlineHeld, stalled+"; attempt not counted", uuid.Nil)
+		e.arm(in, policy.timeout(in.Attempt))
+		e.update(w, in)
+		return nil
+	}
 	e.metrics.timeouts.Add(1)
 	if in.State == Running {
 		spent := in.Attempt >= step.Retry.MaxAttempts
-		pastDeadline := time.Now().After(in.Deadline)
-		if !spent && !pastDeadline {
+		if !spent && !o.pastDeadline {
 			e.history(w, in.ID, step.Name, KindAction, in.Attempt, EventTimedOut, "resending", uuid.Nil)
 			in.Attempt++
 			return e.advance(w, def, in, KindAction, "")
 		}
 		why := fmt.Sprintf("%s did not answer after %d attempt(s)", step.Name, in.Attempt)
-		if pastDeadline && !spent {
+		if o.pastDeadline && !spent {
 			why = fmt.Sprintf("%s did not answer before the saga's deadline", step.Name)
 		}
 		e.history(w, in.ID, step.Name, KindAction, in.Attempt, EventTimedOut, why, uuid.Nil)
@@ -475,17 +557,26 @@ func (e *Engine) timeout(w *writes, in *Instance) error {
 	}
 	// Compensating.
 	if in.Attempt >= step.CompensationRetry.MaxAttempts {
-		in.State, in.StepDeadline = Stuck, nil
-		e.metrics.stuck.Add(1)
 		reason := fmt.Sprintf("compensation of %s unanswered after %d attempts (first failure: %s)", step.Name, in.Attempt, in.Reason)
-		e.update(w, in)
-		e.log.Error("saga stuck: a compensation keeps failing", "saga", in.ID, "step", step.Name, "attempts", in.Attempt)
-		e.history(w, in.ID, step.Name, KindCompensation, in.Attempt, EventStuck, reason, uuid.Nil)
+		e.markStuck(w, def, in, KindCompensation, reason)
 		return nil
 	}
 	e.history(w, in.ID, step.Name, KindCompensation, in.Attempt, EventTimedOut, "resending", uuid.Nil)
 	in.Attempt++
 	return e.advance(w, def, in, KindCompensation, "")
+}
+
+// markStuck parks the saga for an operator: no deadline, nothing resent.
+// The saga's reason keeps the first failure; why goes to the history.
+func (e *Engine) markStuck(w *writes, def *Definition, in *Instance, kind Kind, why string) {
+	in.State, in.StepDeadline, in.armFor = Stuck, nil, 0
+	if in.Reason == "" {
+		in.Reason = why
+	}
+	e.metrics.stuck.Add(1)
+	e.update(w, in)
+	e.log.Error("saga stuck: an operator must retry or resolve it", "saga", in.ID, "step", def.stepName(in.Step), "attempts", in.Attempt, "why", why)
+	e.history(w, in.ID, def.stepName(in.Step), kind, in.Attempt, EventStuck, why, uuid.Nil)
 }
 
 // Retry resumes a stuck saga: its compensation is sent again with a fresh
@@ -494,6 +585,9 @@ func (e *Engine) Retry(ctx context.Context, id uuid.UUID) (*Instance, error) {
 	return e.operate(ctx, id, func(tx pgx.Tx, w *writes, def *Definition, in *Instance) error {
 		if in.State != Stuck {
 			return fmt.Errorf("saga %s is %s, only a stuck saga can be retried: %w", id, in.State, ErrConflict)
+		}
+		if in.Step < 0 || in.Step >= len(def.Steps) {
+			return fmt.Errorf("saga %s is on step %d, which type %s no longer has: resolve it instead: %w", id, in.Step, in.Type, ErrConflict)
 		}
 		e.history(w, in.ID, def.Steps[in.Step].Name, KindCompensation, in.Attempt, EventOperatorRetry, "", uuid.Nil)
 		in.State, in.Attempt = Compensating, 1
@@ -508,7 +602,7 @@ func (e *Engine) Resolve(ctx context.Context, id uuid.UUID, note string) (*Insta
 		if in.State != Stuck {
 			return fmt.Errorf("saga %s is %s, only a stuck saga can be resolved: %w", id, in.State, ErrConflict)
 		}
-		e.history(w, in.ID, def.Steps[in.Step].Name, KindCompensation, in.Attempt, EventOperatorResolved, note, uuid.Nil)
+		e.history(w, in.ID, def.stepName(in.Step), KindCompensation, in.Attempt, EventOperatorResolved, note, uuid.Nil)
 		return e.finish(w, def, in, Compensated, in.Reason)
 	})
 }

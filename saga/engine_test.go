@@ -298,7 +298,8 @@ func TestStaleAndDuplicateReplies(t *testing.T) {
 
 // An overdue step is resent with the next attempt; when its attempts are
 // spent it fails and the saga compensates it too (its action may still
-// arrive), then the earlier steps. A late reply to an old attempt is stale.
+// arrive), then the earlier steps. A late answer to the failed action is
+// stale: the saga now awaits compensations.
 func TestDeadlineRetriesThenCompensates(t *testing.T) {
 	t.Parallel()
 	e := setup(t, threeSteps(time.Minute, 2, 3, true))

@@ -16,12 +16,15 @@ import (
 )
 
 type engineMetrics struct {
-	started, completed, cancelled, compensating, stale, timeouts, stuck, compensationRefused atomic.Int64
+	started, completed, cancelled, compensating, stale, timeouts, held, stuck, compensationRefused atomic.Int64
 }
 
 // Metrics is a snapshot of an engine's counters since the process started.
 type Metrics struct {
 	Started, Completed, Cancelled, Compensating, StaleReplies, Timeouts, Stuck int64
+	// DeadlinesHeld counts overdue steps not counted as attempts because
+	// delivery was stalled.
+	DeadlinesHeld int64
 }
 
 // Metrics returns the engine's counters.
@@ -30,6 +33,7 @@ func (e *Engine) Metrics() Metrics {
 	return Metrics{
 		Started: m.started.Load(), Completed: m.completed.Load(), Cancelled: m.cancelled.Load(),
 		Compensating: m.compensating.Load(), StaleReplies: m.stale.Load(), Timeouts: m.timeouts.Load(), Stuck: m.stuck.Load(),
+		DeadlinesHeld: m.held.Load(),
 	}
 }
 

@@ -3,8 +3,11 @@ package saga
 // The engine's SQL, all in one place. Tables: saga.instances, saga.history
 // (migrations/002_saga_orders_steps.sql).
 const (
+	// sqlInsertInstance takes the step timeout ($4) and the saga's
+	// timeout ($5) in microseconds: deadlines are the database's now() plus
+	// them, so the host's clock never enters a comparison with now().
 	sqlInsertInstance = `INSERT INTO saga.instances (id, type, state, step, attempt, data, step_deadline, deadline)
-VALUES ($1, $2, 'running', 0, 1, $3, $4, $5)`
+VALUES ($1, $2, 'running', 0, 1, $3, now() + $4::bigint * interval '1 microsecond', now() + $5::bigint * interval '1 microsecond')`
 
 	sqlLockInstance = `SELECT id, type, state, step, attempt, completed, data, COALESCE(reason, ''), step_deadline, deadline, version,
 	created_at, updated_at, ended_at
@@ -16,8 +19,11 @@ FROM saga.instances WHERE id = $1 FOR UPDATE`
 	created_at, updated_at, ended_at
 FROM saga.instances WHERE id = ANY($1) ORDER BY id FOR UPDATE`
 
+	// sqlUpdateInstance sets the step deadline to now() plus $7
+	// microseconds, or none when $7 is NULL.
 	sqlUpdateInstance = `UPDATE saga.instances
-SET state = $2, step = $3, attempt = $4, completed = $5, reason = NULLIF($6, ''), step_deadline = $7,
+SET state = $2, step = $3, attempt = $4, completed = $5, reason = NULLIF($6, ''),
+	step_deadline = now() + $7::bigint * interval '1 microsecond',
 	version = version + 1, updated_at = now(),
 	ended_at = CASE WHEN $2 IN ('completed', 'compensated', 'failed') THEN now() ELSE NULL END
 WHERE id = $1`
@@ -29,15 +35,18 @@ FROM unnest($1::uuid[], $2::text[], $3::text[], $4::int[], $5::text[], $6::text[
 	WITH ORDINALITY AS h(id, step, kind, attempt, event, reason, message_id, ord)
 ORDER BY h.ord`
 
-	// sqlOverdue claims overdue sagas; SKIP LOCKED lets any number of
-	// orchestrators sweep at once, each taking different sagas, and never
-	// waits on a saga whose reply is being handled.
+	// sqlOverdue claims overdue sagas of the types $1 (the engine's own:
+	// another orchestrator's or a retired type's are not ours to lock),
+	// with the database's verdict on the saga's own deadline. SKIP LOCKED
+	// lets any number of orchestrators sweep at once, each taking
+	// different sagas, and never waits on a saga whose reply is being
+	// handled.
 	sqlOverdue = `SELECT id, type, state, step, attempt, completed, data, COALESCE(reason, ''), step_deadline, deadline, version,
-	created_at, updated_at, ended_at
+	created_at, updated_at, ended_at, deadline <= now()
 FROM saga.instances
-WHERE state IN ('running', 'compensating') AND step_deadline <= now()
+WHERE state IN ('running', 'compensating') AND step_deadline <= now() AND type = ANY($1)
 ORDER BY step_deadline
-LIMIT $1
+LIMIT $2
 FOR UPDATE SKIP LOCKED`
 
 	sqlGetInstance = `SELECT id, type, state, step, attempt, completed, data, COALESCE(reason, ''), step_deadline, deadline, version,

@@ -88,7 +88,7 @@ func runDev(ctx context.Context, args []string, stdout io.Writer) error {
 	}
 	stack, err := roles.New(roles.Config{
 		Pool: pool, Kafka: kcfg, Topics: kafkax.DefaultTopics(), Roles: []string{roles.All}, HTTPAddr: *httpAddr,
-		Saga: sf.config(), AllowInjection: true, Crash: crash, OutboxMode: mode,
+		Saga: sf.config(), DeliveryStallAfter: sf.stallAfter, AllowInjection: true, Crash: crash, OutboxMode: mode,
 	})
 	if err != nil {
 		return err

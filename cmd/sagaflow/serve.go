@@ -90,6 +90,7 @@ type sagaFlags struct {
 	attempts             int
 	compensationAttempts int
 	deadline             time.Duration
+	stallAfter           time.Duration
 }
 
 func (s *sagaFlags) register(fs *flag.FlagSet) {
@@ -97,6 +98,8 @@ func (s *sagaFlags) register(fs *flag.FlagSet) {
 	fs.IntVar(&s.attempts, "attempts", 3, "attempts per step action before it fails")
 	fs.IntVar(&s.compensationAttempts, "compensation-attempts", 10, "attempts per compensation before the saga is stuck")
 	fs.DurationVar(&s.deadline, "saga-deadline", 5*time.Minute, "deadline of a whole saga")
+	fs.DurationVar(&s.stallAfter, "delivery-stall-after", roles.DefaultDeliveryStallAfter,
+		"while a message waits longer than this in an outbox, overdue steps are held, not counted as attempts (negative: never)")
 }
 
 func (s *sagaFlags) config() order.SagaConfig {
@@ -168,7 +171,7 @@ func runServe(ctx context.Context, args []string, stdout io.Writer) error {
 	}
 	stack, err := roles.New(roles.Config{
 		Pool: pool, Kafka: kcfg, Topics: c.topics(), Roles: strings.Split(*role, ","), HTTPAddr: *httpAddr,
-		Saga: sf.config(), AllowInjection: *allowInjection, Inject: injected, DuplicateRelay: *duplicate,
+		Saga: sf.config(), DeliveryStallAfter: sf.stallAfter, AllowInjection: *allowInjection, Inject: injected, DuplicateRelay: *duplicate,
 		OutboxMode: mode, Crash: crash, MetricsAddr: *metricsAddr,
 	})
 	if err != nil {

@@ -52,12 +52,13 @@ func (s *Stack) registry() *prometheus.Registry {
 	}
 	engine := s.Engine
 	for name, get := range map[string]func() int64{
-		"started":       func() int64 { return engine.Metrics().Started },
-		"completed":     func() int64 { return engine.Metrics().Completed },
-		"cancelled":     func() int64 { return engine.Metrics().Cancelled },
-		"stale_replies": func() int64 { return engine.Metrics().StaleReplies },
-		"timeouts":      func() int64 { return engine.Metrics().Timeouts },
-		"stuck":         func() int64 { return engine.Metrics().Stuck },
+		"started":        func() int64 { return engine.Metrics().Started },
+		"completed":      func() int64 { return engine.Metrics().Completed },
+		"cancelled":      func() int64 { return engine.Metrics().Cancelled },
+		"stale_replies":  func() int64 { return engine.Metrics().StaleReplies },
+		"timeouts":       func() int64 { return engine.Metrics().Timeouts },
+		"stuck":          func() int64 { return engine.Metrics().Stuck },
+		"deadlines_held": func() int64 { return engine.Metrics().DeadlinesHeld },
 	} {
 		reg.MustRegister(prometheus.NewCounterFunc(prometheus.CounterOpts{
 			Name: "sagaflow_saga_" + name + "_total", Help: "Sagas " + name + " by this process's engine.",

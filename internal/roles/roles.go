@@ -71,6 +71,11 @@ type Config struct {
 	OutboxMode outbox.Mode
 	// SweepInterval of the deadline sweeper (default 1 s: a step is noticed overdue at most a second late, and an idle process does not query four times a second).
 	SweepInterval time.Duration
+	// DeliveryStallAfter: while the oldest unpublished row of any outbox is
+	// older than this, the deadline sweeper holds overdue steps instead of
+	// counting them as attempts (default 3 s; negative never holds). See
+	// saga.Engine.SetDeliveryCheck.
+	DeliveryStallAfter time.Duration
 	// InboxRetention is how long inbox rows are kept (default 7 days).
 	InboxRetention time.Duration
 	// MetricsAddr, when set, serves Prometheus metrics at /metrics there.
@@ -115,11 +120,45 @@ func New(cfg Config) (*Stack, error) {
 	if err != nil {
 		return nil, err
 	}
+	if cfg.DeliveryStallAfter == 0 {
+		cfg.DeliveryStallAfter = DefaultDeliveryStallAfter
+	}
+	if cfg.DeliveryStallAfter > 0 {
+		engine.SetDeliveryCheck(deliveryCheck(cfg.Pool, outboxSchemas, cfg.DeliveryStallAfter))
+	}
 	orders := order.NewService(cfg.Pool, engine, cfg.Topics.OrderEvents)
 	if err := engine.Define(orders.NewDefinition(cfg.Saga)); err != nil {
 		return nil, err
 	}
 	return &Stack{cfg: cfg, Engine: engine, Orders: orders, ready: make(chan struct{})}, nil
+}
+
+// DefaultDeliveryStallAfter is Config.DeliveryStallAfter's default: the WAL
+// relay publishes a row well within a second of its commit even at full
+// load on a small machine, so three seconds means it cannot.
+const DefaultDeliveryStallAfter = 3 * time.Second
+
+// deliveryCheck reports a stall while the oldest row waiting in any of the
+// schemas' outboxes is older than after: the relay cannot publish (broker
+// down, a partition without leader, no relay running), so commands are not
+// reaching participants or replies are not reaching the orchestrator.
+func deliveryCheck(pool *pgxpool.Pool, schemas []string, after time.Duration) saga.DeliveryCheck {
+	obs := make([]*outbox.Outbox, len(schemas))
+	for i, sc := range schemas {
+		obs[i] = outbox.New(sc)
+	}
+	return func(ctx context.Context) (string, error) {
+		for _, ob := range obs {
+			age, err := ob.OldestAge(ctx, pool)
+			if err != nil {
+				return "", err
+			}
+			if age > after {
+				return fmt.Sprintf("delivery stalled: a message has waited %s in outbox %s", age.Round(100*time.Millisecond), ob.Schema()), nil
+			}
+		}
+		return "", nil
+	}
 }
 
 // Ready is closed once every role started (the API listens, consumers
