@@ -67,6 +67,11 @@ type Config struct {
 	Logger *slog.Logger
 	// MaxBodyBytes limits request bodies (default DefaultMaxBodyBytes).
 	MaxBodyBytes int64
+	// Injection checks an order's fault injection modes (the participants'
+	// steps.CheckInjection); nil, the default, refuses every order that
+	// asks for fault injection, so that a client cannot make a production
+	// participant fail or exit.
+	Injection func(mode string) error
 }
 
 // server holds the handlers' dependencies.

@@ -4,8 +4,10 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"maps"
 	"net/http"
 	"reflect"
+	"slices"
 
 	"github.com/google/uuid"
 
@@ -122,7 +124,7 @@ func (s *server) placeOrder(w http.ResponseWriter, r *http.Request) error {
 		return err
 	}
 	req := body.request()
-	if errs := req.Validate(); len(errs) > 0 {
+	if errs := append(req.Validate(), s.checkInjection(req)...); len(errs) > 0 {
 		detail := fmt.Sprintf("the order has %d invalid field(s): %s %s", len(errs), errs[0].Field, errs[0].Reason)
 		if len(errs) > 1 {
 			detail += " …"
@@ -147,6 +149,24 @@ func (s *server) placeOrder(w http.ResponseWriter, r *http.Request) error {
 	}
 	writeJSON(w, http.StatusAccepted, resp)
 	return nil
+}
+
+// checkInjection refuses fault injection on a server that does not allow
+// it, and modes that participants would not understand.
+func (s *server) checkInjection(req *order.PlaceRequest) []order.FieldError {
+	if len(req.Inject) == 0 {
+		return nil
+	}
+	if s.cfg.Injection == nil {
+		return []order.FieldError{{Field: "inject", Reason: "is refused: fault injection is off on this server (serve --allow-fault-injection turns it on, for tests)"}}
+	}
+	var errs []order.FieldError
+	for _, k := range slices.Sorted(maps.Keys(req.Inject)) {
+		if err := s.cfg.Injection(req.Inject[k]); err != nil {
+			errs = append(errs, order.FieldError{Field: "inject." + k, Reason: err.Error()})
+		}
+	}
+	return errs
 }
 
 // pathID parses the {id} path parameter.

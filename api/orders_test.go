@@ -19,6 +19,7 @@ import (
 	"github.com/sagaflow/sagaflow/api"
 	"github.com/sagaflow/sagaflow/order"
 	"github.com/sagaflow/sagaflow/saga"
+	"github.com/sagaflow/sagaflow/steps"
 )
 
 // validOrder is an order that places.
@@ -139,6 +140,14 @@ func TestPlaceOrderRejectsBadRequests(t *testing.T) {
 			fields: []string{"shipping_address.name", "shipping_address.line1", "shipping_address.city", "shipping_address.postal_code", "shipping_address.country"}},
 		{name: "unknown inject participant", body: orderJSON(t, set("inject", map[string]any{"billing": "refuse"})), status: 422, field: "inject.billing"},
 		{name: "blank inject mode", body: orderJSON(t, set("inject", map[string]any{"payment": ""})), status: 422, field: "inject.payment"},
+		// Control characters (PostgreSQL refuses NUL in text; before, 500).
+		{name: "NUL in customer_id", body: orderJSON(t, set("customer_id", "c\x00d")), status: 422, field: "customer_id", detail: "control character"},
+		{name: "NUL in city", body: orderJSON(t, set("shipping_address.city", "Ber\x00lin")), status: 422, field: "shipping_address.city"},
+		{name: "bell in name", body: orderJSON(t, set("shipping_address.name", "Ada\aL")), status: 422, field: "shipping_address.name"},
+		{name: "NUL in line2", body: orderJSON(t, set("shipping_address.line2", "\x00")), status: 422, field: "shipping_address.line2"},
+		{name: "NUL in currency", body: orderJSON(t, set("amount.currency", "EU\x00")), status: 422, field: "amount.currency"},
+		// Fault injection is off on this server: refused, not ignored.
+		{name: "inject on a server without fault injection", body: orderJSON(t, set("inject", map[string]any{"payment": "refuse"})), status: 422, field: "inject", detail: "allow-fault-injection"},
 		{name: "empty object", body: `{}`, status: 422, field: "customer_id",
 			fields: []string{"customer_id", "items", "amount.value", "amount.currency", "shipping_address.name", "shipping_address.country"}},
 
@@ -245,7 +254,7 @@ func (e *env) doChunked(method, path, body string, header ...string) *response {
 
 func TestPlaceOrderAcceptsVariants(t *testing.T) {
 	t.Parallel()
-	e := setup(t)
+	e := setup(t, withInjection)
 	cases := []struct {
 		name, contentType, body string
 	}{
@@ -267,6 +276,35 @@ func TestPlaceOrderAcceptsVariants(t *testing.T) {
 	}
 	if c := e.counts(); c.orders != len(cases) {
 		t.Errorf("%d orders, want %d", c.orders, len(cases))
+	}
+}
+
+// withInjection switches fault injection on, as serve --allow-fault-injection.
+func withInjection(_ *env, cfg *api.Config) { cfg.Injection = steps.CheckInjection }
+
+// On a server with fault injection on, a mode must be one participants
+// know: a typo is refused with 422, not silently ignored (before: 202, and
+// the order ran without the fault the client asked for).
+func TestPlaceOrderInjectionModes(t *testing.T) {
+	t.Parallel()
+	e := setup(t, withInjection)
+	for i, tc := range []struct{ mode, field string }{
+		{"refuze", "inject.payment"},
+		{"delay=soon", "inject.payment"},
+		{"crash", "inject.payment"},
+		{"refuse\x00", "inject.payment"},
+	} {
+		t.Run(tc.mode, func(t *testing.T) {
+			res := e.do(http.MethodPost, "/orders", orderJSON(t, set("inject", map[string]any{"payment": tc.mode})),
+				"Content-Type", "application/json", api.HeaderIdempotencyKey, fmt.Sprintf("mode-%d", i))
+			p := res.problem(t, 422)
+			if p.Field != tc.field {
+				t.Fatalf("field %q, want %q: %s", p.Field, tc.field, res.body)
+			}
+		})
+	}
+	if c := e.counts(); c != (counts{}) {
+		t.Errorf("rows written: %+v", c)
 	}
 }
 

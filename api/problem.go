@@ -142,6 +142,13 @@ func storeError(err error) *Problem {
 	if errors.As(err, &p) {
 		return p
 	}
+	var pgErr *pgconn.PgError
+	if errors.As(err, &pgErr) && strings.HasPrefix(pgErr.Code, "22") {
+		// Data exception: the database refused a value the validation let
+		// through (a backstop: Validate should have named the field).
+		return &Problem{Type: TypeValidation, Title: "Unprocessable Content", Status: http.StatusUnprocessableEntity,
+			Detail: "the database refused a value of the request: " + pgErr.Message, cause: err}
+	}
 	if !unavailable(err) {
 		return internalError(err)
 	}

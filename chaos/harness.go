@@ -82,13 +82,17 @@ type fault struct {
 
 // Result is one scenario's row.
 type Result struct {
-	Scenario       string        `json:"scenario"`
-	Seed           uint64        `json:"seed"`
-	Started        int64         `json:"sagas_started"`
-	Completed      int64         `json:"completed"`
-	Compensated    int64         `json:"compensated"`
-	Failed         int64         `json:"failed"`
-	Stuck          int64         `json:"stuck"`
+	Scenario    string `json:"scenario"`
+	Seed        uint64 `json:"seed"`
+	Started     int64  `json:"sagas_started"`
+	Completed   int64  `json:"completed"`
+	Compensated int64  `json:"compensated"`
+	Failed      int64  `json:"failed"`
+	Stuck       int64  `json:"stuck"`
+	// Refused counts the sagas cancelled by a business refusal (sold out,
+	// card declined, address blocked): the cancellations the order mix
+	// asks for. Every other cancellation is one the faults caused.
+	Refused        int64         `json:"refused_by_business_rules"`
 	InFlight       int64         `json:"in_flight"`
 	Duplicates     int64         `json:"duplicates_absorbed"`
 	DeadLettered   int64         `json:"dead_lettered"`
@@ -105,6 +109,24 @@ type Result struct {
 // OK reports whether the scenario passed: every saga ended and every
 // invariant holds.
 func (r *Result) OK() bool { return r.VerifyOK && r.InFlight == 0 && r.Stuck == 0 }
+
+// CancelledShare is the share of sagas that ended compensated or failed, in
+// percent; RefusedShare the share refused by business rules.
+func (r *Result) CancelledShare() float64 { return pct(r.Compensated+r.Failed, r.Started) }
+
+// RefusedShare is the share of sagas refused by business rules, in percent.
+func (r *Result) RefusedShare() float64 { return pct(r.Refused, r.Started) }
+
+func pct(n, of int64) float64 {
+	if of == 0 {
+		return 0
+	}
+	return 100 * float64(n) / float64(of)
+}
+
+// MaxFaultCancelledPP is how many percentage points the cancelled share of
+// a DelayNotCancel scenario may exceed its business refusals' share.
+const MaxFaultCancelledPP = 2.0
 
 func (h *Harness) closing() bool { return h.closed.Load() }
 
@@ -499,6 +521,10 @@ func (h *Harness) result(ctx context.Context, loadDur, settleDur time.Duration) 
 	}
 	r.Completed, r.Compensated, r.Failed, r.Stuck = c["completed"], c["compensated"], c["failed"], c["stuck"]
 	r.InFlight = c["running"] + c["compensating"]
+	if err := h.pool.QueryRow(ctx, `SELECT count(*) FROM saga.instances
+WHERE state IN ('compensated', 'failed') AND reason LIKE '% refused: %'`).Scan(&r.Refused); err != nil {
+		return nil, fmt.Errorf("count business refusals: %w", err)
+	}
 	for _, n := range c {
 		r.Started += n
 	}
@@ -548,6 +574,13 @@ func (h *Harness) result(ctx context.Context, loadDur, settleDur time.Duration) 
 	rep.Print(&b)
 	r.Verify += b.String()
 	r.VerifyOK = rep.OK() && !strings.HasPrefix(r.Verify, "FAIL")
+	if h.sc.DelayNotCancel {
+		if over := r.CancelledShare() - r.RefusedShare(); over > MaxFaultCancelledPP {
+			r.VerifyOK = false
+			r.Verify += fmt.Sprintf("FAIL the faults cancelled sagas: %.1f%% cancelled against %.1f%% refused by business rules (%.1f pp over, at most %.0f allowed)\n",
+				r.CancelledShare(), r.RefusedShare(), over, MaxFaultCancelledPP)
+		}
+	}
 	if h.sc.Check != nil {
 		if err := h.sc.Check(ctx, h); err != nil {
 			r.VerifyOK = false
@@ -560,14 +593,14 @@ func (h *Harness) result(ctx context.Context, loadDur, settleDur time.Duration) 
 // PrintTable writes results as a table.
 func PrintTable(w io.Writer, results []*Result) {
 	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', tabwriter.AlignRight)
-	fmt.Fprintln(tw, "scenario\tstarted\tcompleted\tcompensated\tfailed\tstuck\tdup absorbed\tdead-lettered\trestarts\tapi retries\trecovery\tverify\t")
+	fmt.Fprintln(tw, "scenario\tstarted\tcompleted\tcompensated\tfailed\tcancelled %\trefused %\tstuck\tdup absorbed\tdead-lettered\trestarts\tapi retries\trecovery\tverify\t")
 	for _, r := range results {
 		v := "ok"
 		if !r.OK() {
 			v = "FAIL"
 		}
-		fmt.Fprintf(tw, "%s\t%d\t%d\t%d\t%d\t%d\t%d\t%d\t%d\t%d\t%s\t%s\t\n", r.Scenario, r.Started, r.Completed, r.Compensated, r.Failed,
-			r.Stuck, r.Duplicates, r.DeadLettered, r.Restarts, r.APIErrors, r.Recovery.Round(100*time.Millisecond), v)
+		fmt.Fprintf(tw, "%s\t%d\t%d\t%d\t%d\t%.1f\t%.1f\t%d\t%d\t%d\t%d\t%d\t%s\t%s\t\n", r.Scenario, r.Started, r.Completed, r.Compensated, r.Failed,
+			r.CancelledShare(), r.RefusedShare(), r.Stuck, r.Duplicates, r.DeadLettered, r.Restarts, r.APIErrors, r.Recovery.Round(100*time.Millisecond), v)
 	}
 	_ = tw.Flush()
 }

@@ -13,6 +13,7 @@ import (
 	"strconv"
 	"strings"
 	"time"
+	"unicode"
 
 	"github.com/google/uuid"
 	"github.com/jackc/pgx/v5"
@@ -110,6 +111,10 @@ func (r *PlaceRequest) Validate() []FieldError {
 			add(field, "is required")
 		case len(v) > MaxTextLength:
 			add(field, fmt.Sprintf("is longer than %d bytes", MaxTextLength))
+		default:
+			if i := strings.IndexFunc(v, unicode.IsControl); i >= 0 {
+				add(field, fmt.Sprintf("contains a control character (%U at byte %d); send printable text", []rune(v[i:])[0], i))
+			}
 		}
 	}
 	text("customer_id", r.CustomerID, true)

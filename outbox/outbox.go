@@ -18,9 +18,13 @@ import (
 	"errors"
 	"fmt"
 	"strconv"
+	"strings"
 
+	"github.com/ThreeDotsLabs/watermill-kafka/v3/pkg/kafka"
 	"github.com/google/uuid"
 	"github.com/jackc/pgx/v5"
+
+	"github.com/sagaflow/sagaflow/kafkax"
 )
 
 // Header names carried by every message (as Kafka headers, and as watermill
@@ -112,6 +116,11 @@ func (o *Outbox) insertArgs(msgs []Message) ([]any, error) {
 		if m.Topic == "" {
 			return nil, errors.New("write outbox message: empty topic")
 		}
+		for k := range m.Headers {
+			if reservedHeader(k) {
+				return nil, fmt.Errorf("write outbox message to %s: header %q is the relay's own (message id or key) and cannot be set", m.Topic, k)
+			}
+		}
 		if m.ID == uuid.Nil {
 			id, err := uuid.NewV7()
 			if err != nil {
@@ -126,6 +135,13 @@ func (o *Outbox) insertArgs(msgs []Message) ([]any, error) {
 		ids[i], topics[i], keys[i], payloads[i], headers[i] = m.ID, m.Topic, m.Key, m.Payload, h
 	}
 	return []any{ids, topics, keys, payloads, headers, o.q.schema + ":"}, nil
+}
+
+// reservedHeader reports whether name is a header the relay writes itself:
+// the watermill message id, by which inboxes dedupe, and the key. Kafka
+// header names are case-sensitive, but a look-alike would only confuse.
+func reservedHeader(name string) bool {
+	return strings.EqualFold(name, kafka.UUIDHeaderKey) || strings.EqualFold(name, kafkax.KeyMetadata)
 }
 
 func (m *Message) headers() map[string]string {

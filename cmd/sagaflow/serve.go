@@ -17,6 +17,7 @@ import (
 	"github.com/sagaflow/sagaflow/kafkax"
 	"github.com/sagaflow/sagaflow/order"
 	"github.com/sagaflow/sagaflow/outbox"
+	"github.com/sagaflow/sagaflow/steps"
 )
 
 // commonFlags are the connection flags every service command takes.
@@ -117,6 +118,9 @@ func parseInject(specs []string) (map[string]string, error) {
 			name, mode, ok := strings.Cut(part, ":")
 			if !ok || (name != roles.Inventory && name != roles.Payment && name != roles.Shipping) || mode == "" {
 				return nil, fmt.Errorf("bad --inject %q: want participant:mode, e.g. payment:refuse", part)
+			}
+			if err := steps.CheckInjection(mode); err != nil {
+				return nil, fmt.Errorf("bad --inject %q: %w", part, err)
 			}
 			out[name] = mode
 		}

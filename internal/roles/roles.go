@@ -254,6 +254,10 @@ func (s *Stack) Run(ctx context.Context) error {
 		goRun("inbox retention", retention.Run)
 	}
 	if cfg.has(API) {
+		var injection func(string) error
+		if cfg.AllowInjection {
+			injection = steps.CheckInjection
+		}
 		ln := cfg.Listener
 		if ln == nil {
 			var err error
@@ -264,7 +268,7 @@ func (s *Stack) Run(ctx context.Context) error {
 		}
 		s.Addr = ln.Addr().String()
 		srv := &http.Server{
-			Handler: api.New(api.Config{Pool: cfg.Pool, Orders: s.Orders, Engine: s.Engine, Logger: log,
+			Handler: api.New(api.Config{Pool: cfg.Pool, Orders: s.Orders, Engine: s.Engine, Logger: log, Injection: injection,
 				Ready: func(ctx context.Context) error { return cfg.Kafka.Ping(ctx) }}),
 			ReadHeaderTimeout: 5 * time.Second,
 		}
