@@ -81,6 +81,9 @@ flags:
 	}
 	set := map[string]bool{}
 	fs.Visit(func(f *flag.Flag) { set[f.Name] = true })
+	if err := c.checkBrokers(fs); err != nil {
+		return err
+	}
 	if *apiURL == "" && set["database-url"] {
 		return errors.New("--database-url goes with --api: the in-process stack starts its own PostgreSQL")
 	}
@@ -109,7 +112,7 @@ flags:
 		cfg.Progress = nil
 	}
 	if *apiURL != "" {
-		cfg.DatabaseURL = c.databaseURL
+		cfg.DatabaseURL = c.dbURL()
 	}
 	// Running roles use --topic-prefix (or the default names); the
 	// in-process stack makes topics of its own unless one is given.

@@ -30,11 +30,36 @@ type commonFlags struct {
 }
 
 func (c *commonFlags) register(fs *flag.FlagSet) {
-	fs.StringVar(&c.databaseURL, "database-url", env("DATABASE_URL", ""), "PostgreSQL connection string (default $DATABASE_URL)")
+	// No env default here: the usage would print it, password and all.
+	fs.StringVar(&c.databaseURL, "database-url", "", "PostgreSQL connection string (default $DATABASE_URL)")
 	fs.StringVar(&c.brokers, "kafka-brokers", env("KAFKA_BROKERS", ""), "Kafka bootstrap brokers, comma separated (default $KAFKA_BROKERS)")
 	fs.IntVar(&c.partitions, "partitions", kafkax.DefaultPartitions, "partitions of topics created at start-up")
 	fs.IntVar(&c.replication, "replication-factor", 1, "replication factor of topics created at start-up")
 	fs.StringVar(&c.topicPrefix, "topic-prefix", env("SAGAFLOW_TOPIC_PREFIX", ""), "prefix of every topic and consumer group name")
+}
+
+// dbURL is --database-url, or $DATABASE_URL without it.
+func (c *commonFlags) dbURL() string {
+	if c.databaseURL != "" {
+		return c.databaseURL
+	}
+	return os.Getenv("DATABASE_URL")
+}
+
+// checkBrokers refuses an explicitly empty broker list (--kafka-brokers ""
+// or KAFKA_BROKERS set but empty, as a failed broker start leaves it):
+// commands that fall back to embedded Kafka without brokers would
+// otherwise measure or serve the wrong thing without a word.
+func (c *commonFlags) checkBrokers(fs *flag.FlagSet) error {
+	explicit := false
+	fs.Visit(func(f *flag.Flag) { explicit = explicit || f.Name == "kafka-brokers" })
+	if _, inEnv := os.LookupEnv("KAFKA_BROKERS"); !explicit && !inEnv {
+		return nil
+	}
+	if len(kafkax.ParseBrokers(c.brokers)) == 0 {
+		return errors.New("--kafka-brokers (or $KAFKA_BROKERS) is set but names no broker: give host:port[,host:port…], or leave both unset for embedded Kafka")
+	}
+	return nil
 }
 
 func (c *commonFlags) kafka(clientID string) kafkax.Config {
@@ -51,10 +76,11 @@ func (c *commonFlags) topics() kafkax.Topics {
 
 // pool opens a pool on the database, failing fast with one clear line.
 func (c *commonFlags) pool(ctx context.Context, maxConns int32) (*pgxpool.Pool, error) {
-	if c.databaseURL == "" {
+	url := c.dbURL()
+	if url == "" {
 		return nil, errors.New("no database: set DATABASE_URL or pass --database-url postgres://user@host:port/db")
 	}
-	cfg, err := pgxpool.ParseConfig(c.databaseURL)
+	cfg, err := pgxpool.ParseConfig(url)
 	if err != nil {
 		return nil, fmt.Errorf("bad --database-url: %w", err)
 	}
@@ -71,7 +97,7 @@ func (c *commonFlags) pool(ctx context.Context, maxConns int32) (*pgxpool.Pool, 
 	defer cancel()
 	if err := pool.Ping(pctx); err != nil {
 		pool.Close()
-		return nil, fmt.Errorf("database unreachable at %s: %w", redact(c.databaseURL), err)
+		return nil, fmt.Errorf("database unreachable at %s: %w", redact(url), err)
 	}
 	return pool, nil
 }
@@ -147,6 +173,9 @@ func runServe(ctx context.Context, args []string, stdout io.Writer) error {
 	if err := parse(fs, args); err != nil {
 		return err
 	}
+	if err := c.checkBrokers(fs); err != nil {
+		return err
+	}
 	mode, err := outbox.ParseMode(*outboxMode)
 	if err != nil {
 		return err
@@ -159,7 +188,7 @@ func runServe(ctx context.Context, args []string, stdout io.Writer) error {
 		return errors.New("--inject needs --allow-fault-injection: failure injection is never on by accident")
 	}
 	if *migrate {
-		if err := runMigrate(ctx, []string{"--database-url", c.databaseURL}, stdout); err != nil {
+		if err := runMigrate(ctx, []string{"--database-url", c.dbURL()}, stdout); err != nil {
 			return err
 		}
 	}
