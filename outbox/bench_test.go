@@ -6,7 +6,7 @@ package outbox_test
 // only with -bench:
 //
 //	go test -run '^$' -bench . -benchtime 1x ./outbox/                  # embedded kfake
-//	KAFKA_BROKERS=127.0.0.1:39092 go test -run '^$' -bench . -benchtime 1x ./outbox/
+//	KAFKA_BROKERS=127.0.0.1:19092 go test -run '^$' -bench . -benchtime 1x ./outbox/
 //
 // Knobs (environment): SAGAFLOW_BENCH_ROWS, SAGAFLOW_BENCH_RATE,
 // SAGAFLOW_BENCH_DURATION, SAGAFLOW_BENCH_WRITERS, and the relay's
