@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"net"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -193,10 +194,71 @@ func IsTransient(err error) bool {
 		case "40": // serialization failure, deadlock: retrying helps
 			return true
 		}
-		return false
+		// Read-only transaction: connected to a primary that was demoted;
+		// the pool's next connection finds the new one.
+		return pe.Code == "25006"
 	}
 	// Errors from a connection that broke mid-query.
 	return errors.Is(err, pgx.ErrTxClosed) || errors.Is(err, net.ErrClosed) || isConnClosed(err)
+}
+
+// messageBound reports whether a transient err may be the message's own
+// doing rather than the infrastructure's: the database answered, but this
+// message's statement was cancelled (57014: its statement timeout) or lost
+// a race (class 40). Such an error is retried, but not forever.
+func messageBound(err error) bool {
+	var pe *pgconn.PgError
+	return errors.As(err, &pe) && (pe.Code == "57014" || pe.Code[:2] == "40")
+}
+
+// transientGiveUps counts messages dead-lettered after
+// MaxTransientDeliveries deliveries that each failed with a message-bound
+// transient error.
+var transientGiveUps atomic.Int64
+
+// TransientGiveUps is how many messages this process dead-lettered because
+// every one of MaxTransientDeliveries deliveries failed with the same kind
+// of transient error (a statement timeout, a lost race).
+func TransientGiveUps() int64 { return transientGiveUps.Load() }
+
+// transientCap counts, per message id, the deliveries that failed with a
+// message-bound transient error, and turns the last allowed one into a
+// permanent error. Ids leave the map when their message succeeds or gives
+// up; the map is cleared if it grows past a bound (messages that moved to
+// another consumer), which only restarts their counts.
+type transientCap struct {
+	max  int
+	mu   sync.Mutex
+	seen map[string]int
+}
+
+func (c *transientCap) middleware(h message.HandlerFunc) message.HandlerFunc {
+	return func(msg *message.Message) ([]*message.Message, error) {
+		out, err := h(msg)
+		if err == nil || !IsTransient(err) || !messageBound(err) {
+			if err == nil {
+				c.mu.Lock()
+				delete(c.seen, msg.UUID)
+				c.mu.Unlock()
+			}
+			return out, err
+		}
+		c.mu.Lock()
+		if len(c.seen) > 10_000 {
+			clear(c.seen)
+		}
+		c.seen[msg.UUID]++
+		n := c.seen[msg.UUID]
+		if n >= c.max {
+			delete(c.seen, msg.UUID)
+		}
+		c.mu.Unlock()
+		if n < c.max {
+			return out, err
+		}
+		transientGiveUps.Add(1)
+		return out, Permanent(fmt.Errorf("gave up after %d deliveries that each failed with a transient error: %w", n, err))
+	}
 }
 
 func isConnClosed(err error) bool {
@@ -240,6 +302,12 @@ type ConsumerConfig struct {
 	MaxRetries       int
 	RetryInterval    time.Duration
 	MaxRetryInterval time.Duration
+	// MaxTransientDeliveries bounds the deliveries of a message whose
+	// retries all fail with a transient error that may be its own (a
+	// statement timeout, a serialization failure): after that many it is
+	// dead-lettered (default 10). Errors of an unreachable database are
+	// retried without bound: the message is fine.
+	MaxTransientDeliveries int
 	// AfterCommit, when set, runs after a message's transaction committed
 	// and before it is acked (fault injection uses it to crash there).
 	AfterCommit func(msg *message.Message)
@@ -254,7 +322,10 @@ func DeadLetterTopicOf(group string) string { return group + ".dlq" }
 // A permanent error skips the retries. A transient error (database down) is
 // retried and then nacked, so Kafka redelivers it; it is never dead-lettered,
 // because the message is fine and the dead-letter topics must only hold bad
-// messages.
+// messages. The exception is a transient error that may be the message's
+// own (its statement times out, it keeps losing a race): after
+// MaxTransientDeliveries deliveries it is dead-lettered with that reason,
+// so that it cannot block its partition for good.
 func AddConsumer(router *message.Router, c ConsumerConfig) error {
 	if c.DeadLetterTopic == "" {
 		c.DeadLetterTopic = DeadLetterTopicOf(c.Name)
@@ -268,6 +339,10 @@ func AddConsumer(router *message.Router, c ConsumerConfig) error {
 	if c.MaxRetryInterval == 0 {
 		c.MaxRetryInterval = 2 * time.Second
 	}
+	if c.MaxTransientDeliveries <= 0 {
+		c.MaxTransientDeliveries = 10
+	}
+	capped := &transientCap{max: c.MaxTransientDeliveries, seen: map[string]int{}}
 	if c.Logger == nil {
 		c.Logger = slog.Default()
 	}
@@ -307,6 +382,6 @@ func AddConsumer(router *message.Router, c ConsumerConfig) error {
 		}
 	}
 	h := router.AddConsumerHandler(c.Name, c.Topic, c.Subscriber, handle)
-	h.AddMiddleware(poison, retry.Middleware, middleware.Recoverer)
+	h.AddMiddleware(poison, capped.middleware, retry.Middleware, middleware.Recoverer)
 	return nil
 }

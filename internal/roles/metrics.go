@@ -50,6 +50,10 @@ func (s *Stack) registry() *prometheus.Registry {
 			Name: "sagaflow_relay_slots_recreated_total", Help: "Replication slots this process's relay found lost and created again.",
 		}, func() float64 { return float64(relay.SlotsRecreated()) }))
 	}
+	reg.MustRegister(prometheus.NewCounterFunc(prometheus.CounterOpts{
+		Name: "sagaflow_consumer_transient_giveups_total",
+		Help: "Messages dead-lettered because every delivery failed with a transient error that may be their own (statement timeout, serialization failure).",
+	}, func() float64 { return float64(outbox.TransientGiveUps()) }))
 	engine := s.Engine
 	for name, get := range map[string]func() int64{
 		"started":        func() int64 { return engine.Metrics().Started },
