@@ -19,9 +19,9 @@ import (
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 
+	"github.com/sagaflow/sagaflow/internal/dbpool"
 	"github.com/sagaflow/sagaflow/internal/pgserver"
 	"github.com/sagaflow/sagaflow/internal/roles"
-	"github.com/sagaflow/sagaflow/internal/uuidcodec"
 	"github.com/sagaflow/sagaflow/kafkax"
 	"github.com/sagaflow/sagaflow/migrations"
 	"github.com/sagaflow/sagaflow/order"
@@ -142,7 +142,7 @@ func startInProcess(ctx context.Context, cfg *Config) (_ *env, err error) {
 		return nil, fmt.Errorf("database URL: %w", err)
 	}
 	pcfg.MaxConns = int32(cfg.DBMaxConns)
-	uuidcodec.Register(pcfg)
+	dbpool.Configure(pcfg)
 	if e.pool, err = pgxpool.NewWithConfig(ctx, pcfg); err != nil {
 		return nil, fmt.Errorf("open database pool: %w", err)
 	}
@@ -214,7 +214,7 @@ func startRemote(ctx context.Context, cfg *Config) (_ *env, err error) {
 		return nil, fmt.Errorf("bad database URL: %w", err)
 	}
 	pcfg.MaxConns = 4
-	pcfg.ConnConfig.ConnectTimeout = 5 * time.Second
+	dbpool.Configure(pcfg)
 	if e.pool, err = pgxpool.NewWithConfig(ctx, pcfg); err != nil {
 		return nil, fmt.Errorf("open database pool: %w", err)
 	}

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"slices"
 	"sync"
 
@@ -105,11 +106,17 @@ func (in *Inbox) handleGrouped(ctx context.Context, id uuid.UUID, msg *message.M
 		g.mu.Unlock()
 	} else {
 		g.mu.Unlock()
-		v = <-j.wake
+		var err error
+		if v, err = in.await(ctx, j); err != nil {
+			return false, err
+		}
 	}
 	for v.kind == lead {
 		in.lead(ctx, v.batch)
-		v = <-j.wake
+		var err error
+		if v, err = in.await(ctx, j); err != nil {
+			return false, err
+		}
 	}
 	switch v.kind {
 	case committed:
@@ -120,6 +127,33 @@ func (in *Inbox) handleGrouped(ctx context.Context, id uuid.UUID, msg *message.M
 		panic(v.value)
 	default:
 		return in.Handle(ctx, id, fn)
+	}
+}
+
+// await waits for j's verdict, or until ctx ends. A job that leaves while
+// still queued is taken out of the queue, so no leader runs it later and no
+// lead is handed to it; one that a batch already holds leaves that batch to
+// finish (a claim it commits makes the redelivery a duplicate). A lead
+// handed to it before it left is taken up: the lead must go on.
+func (in *Inbox) await(ctx context.Context, j *job) (verdict, error) {
+	select {
+	case v := <-j.wake:
+		return v, nil
+	case <-ctx.Done():
+	}
+	g := &in.group
+	g.mu.Lock()
+	if i := slices.Index(g.queue, j); i >= 0 {
+		g.queue = slices.Delete(g.queue, i, i+1)
+		g.mu.Unlock()
+		return verdict{}, ctx.Err()
+	}
+	g.mu.Unlock()
+	select {
+	case v := <-j.wake:
+		return v, nil // a verdict, or a lead to run (its transaction fails fast on ctx)
+	default:
+		return verdict{}, ctx.Err()
 	}
 }
 
@@ -158,7 +192,7 @@ func (in *Inbox) lead(ctx context.Context, batch []*job) {
 
 // runBatch claims and handles jobs in one transaction and returns their
 // verdicts.
-func (in *Inbox) runBatch(ctx context.Context, jobs []*job) []verdict {
+func (in *Inbox) runBatch(ctx context.Context, jobs []*job) (out []verdict) {
 	verdicts := make([]verdict, len(jobs)) // zero: committed
 	everyone := func(k verdictKind) []verdict {
 		for i := range verdicts {
@@ -168,6 +202,15 @@ func (in *Inbox) runBatch(ctx context.Context, jobs []*job) []verdict {
 		}
 		return verdicts
 	}
+	// A panic outside the handlers (Begin, the claim, Commit) must still
+	// give every message a verdict, or its goroutine would wait forever:
+	// each goes alone, where a panic surfaces in its own goroutine.
+	defer func() {
+		if r := recover(); r != nil {
+			slog.Error("group commit transaction panicked; its messages go alone", "inbox", in.q.schema, "consumer", in.consumer, "panic", r)
+			out = everyone(alone)
+		}
+	}()
 	tx, err := in.pool.Begin(ctx)
 	if err != nil {
 		return everyone(alone)

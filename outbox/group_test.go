@@ -261,7 +261,8 @@ func (r *groupRig) waitQueued(ps ...*groupPending) {
 }
 
 // parkedInOutbox reports whether goroutine gid of a runtime.Stack dump of
-// all goroutines is blocked on a channel receive in package outbox.
+// all goroutines is blocked on a channel receive (or a select of receives:
+// its verdict or its context's end) in package outbox.
 func parkedInOutbox(dump string, gid uint64) bool {
 	prefix := "goroutine " + strconv.FormatUint(gid, 10) + " "
 	for g := range strings.SplitSeq(dump, "\n\n") {
@@ -269,7 +270,7 @@ func parkedInOutbox(dump string, gid uint64) bool {
 		if !strings.HasPrefix(header, prefix) {
 			continue
 		}
-		if _, status, _ := strings.Cut(header, "["); !strings.HasPrefix(status, "chan receive") {
+		if _, status, _ := strings.Cut(header, "["); !strings.HasPrefix(status, "chan receive") && !strings.HasPrefix(status, "select") {
 			return false
 		}
 		for line := range strings.SplitSeq(frames, "\n") {
@@ -735,5 +736,37 @@ func TestGroupBatchHandlerPanics(t *testing.T) {
 	// Handler's calls was in it.
 	for _, p := range msgs {
 		r.checkCalls(p, inOwn)
+	}
+}
+
+// A message waiting for a hung leader's transaction leaves when its own
+// context ends (a consumer shutting down, a rebalance), and the group
+// carries on: the message behind it still runs. (Before: the follower
+// waited on its channel without watching its context, for as long as the
+// leader hung.)
+func TestGroupFollowerLeavesWhenItsContextEnds(t *testing.T) {
+	t.Parallel()
+	r := newGroupRig(t)
+	blockers := r.holdSlots()
+	ctx, cancel := context.WithCancel(t.Context())
+	leaving := groupMsg(t, "effect")
+	leaving.SetContext(ctx)
+	ps := []*groupPending{r.start(leaving)}
+	r.waitQueued(ps[0])
+	ps = append(ps, r.queue("effect")...)
+	cancel()
+	select {
+	case <-ps[0].done:
+	case <-time.After(groupWait):
+		t.Fatal("a queued message whose context ended is still waiting for the hung leader")
+	}
+	if !errors.Is(ps[0].err, context.Canceled) {
+		t.Fatalf("the leaving message returned %v, want context.Canceled", ps[0].err)
+	}
+	r.releaseBlockers()
+	r.finish(append(blockers, ps[1])...)
+	r.mustSucceed(append(blockers, ps[1])...)
+	if got := r.effects()[leaving.UUID]; len(got) != 0 {
+		t.Fatalf("the message that left has effects %v", got)
 	}
 }

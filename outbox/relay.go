@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"regexp"
+	"strconv"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -227,11 +228,42 @@ func (r *Relay) Stats() []RelayStats {
 	return out
 }
 
+// LeaderTimeout bounds how long PostgreSQL keeps the session of a relay
+// leader whose host went silent (power loss, a network partition), and so
+// how long its lead — the poll relay's advisory lock, the WAL relay's slot
+// — outlives it: a standby leads within LeaderTimeout plus its
+// StandbyInterval. Without it the server would wait for TCP keepalive to
+// give up, about two hours with Linux defaults.
+const LeaderTimeout = 10 * time.Second
+
+// leaderParams are the per-session settings of a leader's connection that
+// make the server drop it once the client goes silent: TCP keepalive
+// probes and a user timeout on unacknowledged data (for a host that is
+// gone), and the idle timeout of the protocol itself (for a client that is
+// alive at the TCP level but sends nothing, such as one behind a hung
+// proxy): idle_session_timeout for the poll relay, which queries at least
+// every PollInterval, wal_sender_timeout for the WAL relay, which reports
+// its position every StatusInterval.
+func leaderParams(p map[string]string, replication bool) {
+	ms := strconv.FormatInt(LeaderTimeout.Milliseconds(), 10)
+	p["tcp_keepalives_idle"] = "5"
+	p["tcp_keepalives_interval"] = "2"
+	p["tcp_keepalives_count"] = "3"
+	p["tcp_user_timeout"] = ms
+	if replication {
+		p["wal_sender_timeout"] = ms
+	} else {
+		p["idle_session_timeout"] = ms
+	}
+}
+
 // connect opens a dedicated connection named sagaflow-relay-<role> (its
-// application_name, as operators see it in pg_stat_activity).
+// application_name, as operators see it in pg_stat_activity), with the
+// leader's session settings.
 func (r *Relay) connect(ctx context.Context, role string) (*pgx.Conn, error) {
 	cfg := r.cfg.Pool.Config().ConnConfig.Copy()
 	cfg.RuntimeParams["application_name"] = "sagaflow-relay-" + role
+	leaderParams(cfg.RuntimeParams, false)
 	// The relay's deletes need not wait for the WAL flush: a delete lost in
 	// a database crash only publishes its rows again, which the consumers'
 	// inboxes absorb. This takes a WAL flush per batch off the commit path.
@@ -318,7 +350,9 @@ func (r *Relay) lead(ctx context.Context, o *Outbox, log *slog.Logger, st *relay
 			continue
 		}
 		idle = r.cfg.MinPollInterval
-		if !r.send(ctx, log, batch) {
+		// While Kafka is unreachable the leader keeps its session busy, or
+		// idle_session_timeout would end its lead.
+		if !r.send(ctx, log, batch, func(ctx context.Context) error { return conn.Ping(ctx) }) {
 			return nil // ctx ended while Kafka was unreachable; rows stay
 		}
 		seqs := make([]int64, len(batch))
@@ -340,10 +374,16 @@ func (r *Relay) lead(ctx context.Context, o *Outbox, log *slog.Logger, st *relay
 }
 
 // send publishes a batch, retrying with backoff while Kafka fails. It
-// returns false when ctx ended first.
-func (r *Relay) send(ctx context.Context, log *slog.Logger, batch []row) bool {
+// returns false when ctx ended first. keepalive, when set, runs between
+// tries.
+func (r *Relay) send(ctx context.Context, log *slog.Logger, batch []row, keepalive func(context.Context) error) bool {
 	backoff := newBackoff(100*time.Millisecond, 5*time.Second)
-	for {
+	for try := 0; ; try++ {
+		if keepalive != nil && try > 0 {
+			if err := keepalive(ctx); err != nil && ctx.Err() == nil {
+				log.Warn("keep the relay's database session alive while Kafka is unreachable", "err", err)
+			}
+		}
 		// Fresh messages on every try: sarama may still hold the ones of a
 		// failed try.
 		err := r.cfg.Producer.SendMessages(r.messages(batch))

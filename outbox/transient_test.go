@@ -19,7 +19,6 @@ import (
 	"github.com/sagaflow/sagaflow/outbox"
 )
 
-
 // pgErr runs sql in a transaction (begun with begin) and returns
 // PostgreSQL's error.
 func pgErr(t *testing.T, db *testenv.Database, begin pgx.TxOptions, sql string) error {

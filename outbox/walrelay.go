@@ -299,6 +299,8 @@ func (r *Relay) stream(ctx context.Context, ws *walState, log *slog.Logger, back
 	cfg := r.cfg.Pool.Config().ConnConfig.Config.Copy()
 	cfg.RuntimeParams["application_name"] = "sagaflow-relay-wal"
 	cfg.RuntimeParams["replication"] = "database"
+	cfg.RuntimeParams["statement_timeout"] = "0" // the stream is one long command
+	leaderParams(cfg.RuntimeParams, true)
 	conn, err := pgconn.ConnectConfig(ctx, cfg)
 	if err != nil {
 		return fmt.Errorf("open replication connection: %w", err)
@@ -328,7 +330,22 @@ func (r *Relay) stream(ctx context.Context, ws *walState, log *slog.Logger, back
 	// is new) are published first. The stream then skips the rows the drain
 	// published, so a row committed between the slot's position and the
 	// drain goes out once.
-	drained, err := r.drainTables(ctx, ws)
+	// The drain can take long (a backlog, Kafka down): it reports the
+	// slot's unchanged position every StatusInterval meanwhile, or the
+	// server would end the stream after wal_sender_timeout.
+	var startPos pglogrepl.LSN
+	if err := r.cfg.Pool.QueryRow(ctx, `SELECT COALESCE(confirmed_flush_lsn, '0/0')::text FROM pg_replication_slots WHERE slot_name = $1`, ws.slot).Scan(&startPos); err != nil {
+		return fmt.Errorf("read the position of slot %s: %w", ws.slot, err)
+	}
+	lastStatus := time.Now()
+	keepalive := func(ctx context.Context) error {
+		if time.Since(lastStatus) < r.cfg.StatusInterval {
+			return nil
+		}
+		lastStatus = time.Now()
+		return pglogrepl.SendStandbyStatusUpdate(ctx, conn, pglogrepl.StandbyStatusUpdate{WALWritePosition: startPos})
+	}
+	drained, err := r.drainTables(ctx, ws, keepalive)
 	if err != nil {
 		return err
 	}
@@ -370,8 +387,9 @@ func (d *drainedRows) skip(rw row) bool {
 }
 
 // drainTables publishes and deletes every row of the outbox tables up to
-// their highest seq at the start, and returns what it published.
-func (r *Relay) drainTables(ctx context.Context, ws *walState) (*drainedRows, error) {
+// their highest seq at the start, and returns what it published. It calls
+// keepalive between batches and between a batch's tries.
+func (r *Relay) drainTables(ctx context.Context, ws *walState, keepalive func(context.Context) error) (*drainedRows, error) {
 	d := &drainedRows{seqs: map[string]map[int64]bool{}}
 	batch := make([]row, 0, r.cfg.BatchSize)
 	for _, o := range r.cfg.Outboxes {
@@ -388,7 +406,10 @@ func (r *Relay) drainTables(ctx context.Context, ws *walState) (*drainedRows, er
 			if len(batch) == 0 {
 				break
 			}
-			if !r.send(ctx, r.log.With("outbox", o.Schema()), batch) {
+			if err := keepalive(ctx); err != nil {
+				return nil, fmt.Errorf("report the slot's position during the drain: %w", err)
+			}
+			if !r.send(ctx, r.log.With("outbox", o.Schema()), batch, keepalive) {
 				return nil, ctx.Err()
 			}
 			if err := ws.del.deleteNow(ctx, batch); err != nil {
@@ -472,7 +493,7 @@ func (r *Relay) sendTxs(ctx context.Context, ws *walState, log *slog.Logger, txs
 				log.Warn("check that streamed transactions are visible failed; publishing them anyway", "err", err)
 			}
 		}
-		if !r.send(ctx, log, batch) {
+		if !r.send(ctx, log, batch, nil) {
 			return
 		}
 		r.countPublished(batch)

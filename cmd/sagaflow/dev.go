@@ -11,9 +11,9 @@ import (
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 
+	"github.com/sagaflow/sagaflow/internal/dbpool"
 	"github.com/sagaflow/sagaflow/internal/pgserver"
 	"github.com/sagaflow/sagaflow/internal/roles"
-	"github.com/sagaflow/sagaflow/internal/uuidcodec"
 	"github.com/sagaflow/sagaflow/kafkax"
 	"github.com/sagaflow/sagaflow/migrations"
 	"github.com/sagaflow/sagaflow/outbox"
@@ -77,7 +77,7 @@ func runDev(ctx context.Context, args []string, stdout io.Writer) error {
 	if err != nil {
 		return fmt.Errorf("database URL: %w", err)
 	}
-	uuidcodec.Register(pcfg)
+	dbpool.Configure(pcfg)
 	pool, err := pgxpool.NewWithConfig(ctx, pcfg)
 	if err != nil {
 		return fmt.Errorf("open database pool: %w", err)

@@ -12,8 +12,8 @@ import (
 
 	"github.com/jackc/pgx/v5/pgxpool"
 
+	"github.com/sagaflow/sagaflow/internal/dbpool"
 	"github.com/sagaflow/sagaflow/internal/roles"
-	"github.com/sagaflow/sagaflow/internal/uuidcodec"
 	"github.com/sagaflow/sagaflow/kafkax"
 	"github.com/sagaflow/sagaflow/order"
 	"github.com/sagaflow/sagaflow/outbox"
@@ -87,8 +87,7 @@ func (c *commonFlags) pool(ctx context.Context, maxConns int32) (*pgxpool.Pool, 
 	if maxConns > 0 {
 		cfg.MaxConns = maxConns
 	}
-	cfg.ConnConfig.ConnectTimeout = 5 * time.Second
-	uuidcodec.Register(cfg)
+	dbpool.Configure(cfg)
 	pool, err := pgxpool.NewWithConfig(ctx, cfg)
 	if err != nil {
 		return nil, fmt.Errorf("open database pool: %w", err)

@@ -29,8 +29,8 @@ import (
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 
+	"github.com/sagaflow/sagaflow/internal/dbpool"
 	"github.com/sagaflow/sagaflow/internal/pgserver"
-	"github.com/sagaflow/sagaflow/internal/uuidcodec"
 	"github.com/sagaflow/sagaflow/kafkax"
 	"github.com/sagaflow/sagaflow/migrations"
 )
@@ -159,7 +159,7 @@ func DB(t testing.TB) *Database {
 		t.Fatalf("testenv: parse %s: %v", url, err)
 	}
 	cfg.MaxConns = 16
-	uuidcodec.Register(cfg)
+	dbpool.Configure(cfg)
 	pool, err := pgxpool.NewWithConfig(context.Background(), cfg)
 	if err != nil {
 		t.Fatalf("testenv: open pool on %s: %v", name, err)
