@@ -152,7 +152,14 @@ func (c Config) NewSubscriber(group string, logger watermill.LoggerAdapter) (*ka
 // NewSyncProducer returns a sarama producer with the producer settings, for
 // the outbox relay that sends batches.
 func (c Config) NewSyncProducer() (sarama.SyncProducer, error) {
-	p, err := sarama.NewSyncProducer(c.Brokers, c.ProducerConfig())
+	sc := c.ProducerConfig()
+	// The outbox relay retries what fails itself, holding a failed key's
+	// newer rows back. sarama's own retries are kept short: a message that
+	// exhausted them while the messages behind it in the same call still
+	// had theirs could be overtaken when the broker comes back.
+	sc.Producer.Retry.Max = 1
+	sc.Producer.Retry.Backoff = 100 * time.Millisecond
+	p, err := sarama.NewSyncProducer(c.Brokers, sc)
 	if err != nil {
 		return nil, fmt.Errorf("create Kafka producer for %s: %w", strings.Join(c.Brokers, ","), err)
 	}

@@ -96,6 +96,11 @@ type Relay struct {
 	// invisibleWaits counts batches the WAL relay held back until their
 	// transactions were visible.
 	invisibleWaits atomic.Int64
+	// parked counts rows moved to a parked table.
+	parked atomic.Int64
+	// probing: the last try failed, so each call carries one row per key
+	// until one succeeds in full (see onePerKey).
+	probing atomic.Bool
 }
 
 type relayStats struct {
@@ -323,6 +328,8 @@ func (r *Relay) lead(ctx context.Context, o *Outbox, log *slog.Logger, st *relay
 	defer unsubscribe()
 	idle := r.cfg.MinPollInterval
 	batch := make([]row, 0, r.cfg.BatchSize)
+	unknown := map[uuid.UUID]int{}
+	sendBackoff := newBackoff(100*time.Millisecond, time.Second)
 	for ctx.Err() == nil {
 		batch, err = fetch(ctx, conn, o.q.fetch, r.cfg.BatchSize, batch[:0], o.Schema())
 		if err != nil {
@@ -350,51 +357,55 @@ func (r *Relay) lead(ctx context.Context, o *Outbox, log *slog.Logger, st *relay
 			continue
 		}
 		idle = r.cfg.MinPollInterval
-		// While Kafka is unreachable the leader keeps its session busy, or
-		// idle_session_timeout would end its lead.
-		if !r.send(ctx, log, batch, func(ctx context.Context) error { return conn.Ping(ctx) }) {
-			return nil // ctx ended while Kafka was unreachable; rows stay
-		}
-		seqs := make([]int64, len(batch))
-		for i, b := range batch {
-			seqs[i] = b.seq
-		}
-		if _, err := conn.Exec(ctx, o.q.remove, seqs); err != nil {
+		// One try per batch: the rows Kafka took are deleted, the ones it
+		// will never take parked, and the ones that failed stay for the
+		// next batch, which also brings newer rows of every other key, so
+		// that one sick partition does not hold up the rest. After a
+		// failure the relay probes, one row per key (see onePerKey).
+		out, _ := r.try(batch, unknown) // rows not tried stay in the table
+
+		if err := r.park(ctx, out.parked, out.parkErrs); err != nil {
 			if ctx.Err() != nil {
 				return nil
 			}
-			// The rows were published; they will be published again by
-			// whoever leads next, and the consumers' inboxes absorb that.
-			return fmt.Errorf("delete %d published rows of outbox %s: %w", len(seqs), o.Schema(), err)
+			return err
 		}
+		if len(out.sent) > 0 {
+			seqs := make([]int64, len(out.sent))
+			for i, b := range out.sent {
+				seqs[i] = b.seq
+			}
+			if _, err := conn.Exec(ctx, o.q.remove, seqs); err != nil {
+				if ctx.Err() != nil {
+					return nil
+				}
+				// The rows were published; they will be published again by
+				// whoever leads next, and the consumers' inboxes absorb that.
+				return fmt.Errorf("delete %d published rows of outbox %s: %w", len(seqs), o.Schema(), err)
+			}
+		}
+		if len(out.retry) > 0 {
+			log.Warn("publish outbox rows to Kafka failed; retrying them with the next batch",
+				"rows", len(out.retry), "sent", len(out.sent), "err", out.err)
+			// Back off (the session kept busy, or idle_session_timeout
+			// would end the lead), but not long: other keys wait too.
+			if !sendBackoff.wait(ctx) {
+				return nil
+			}
+			if err := conn.Ping(ctx); err != nil {
+				if ctx.Err() != nil {
+					return nil
+				}
+				return fmt.Errorf("ping while Kafka fails: %w", err)
+			}
+		} else {
+			sendBackoff.reset()
+		}
+		batch = out.sent
 		st.published.Add(int64(len(batch)))
 		st.batches.Add(1)
 	}
 	return nil
-}
-
-// send publishes a batch, retrying with backoff while Kafka fails. It
-// returns false when ctx ended first. keepalive, when set, runs between
-// tries.
-func (r *Relay) send(ctx context.Context, log *slog.Logger, batch []row, keepalive func(context.Context) error) bool {
-	backoff := newBackoff(100*time.Millisecond, 5*time.Second)
-	for try := 0; ; try++ {
-		if keepalive != nil && try > 0 {
-			if err := keepalive(ctx); err != nil && ctx.Err() == nil {
-				log.Warn("keep the relay's database session alive while Kafka is unreachable", "err", err)
-			}
-		}
-		// Fresh messages on every try: sarama may still hold the ones of a
-		// failed try.
-		err := r.cfg.Producer.SendMessages(r.messages(batch))
-		if err == nil {
-			return true
-		}
-		log.Warn("publish outbox batch to Kafka failed; retrying", "rows", len(batch), "err", firstProducerError(err))
-		if !backoff.wait(ctx) {
-			return false
-		}
-	}
 }
 
 func (r *Relay) messages(batch []row) []*sarama.ProducerMessage {
@@ -404,9 +415,15 @@ func (r *Relay) messages(batch []row) []*sarama.ProducerMessage {
 	}
 	msgs := make([]*sarama.ProducerMessage, 0, n)
 	for i := range batch {
-		msgs = append(msgs, batch[i].producerMessage())
+		// Metadata is the row's index, by which sendOnce tells which rows
+		// a partial failure failed.
+		m := batch[i].producerMessage()
+		m.Metadata = i
+		msgs = append(msgs, m)
 		if r.cfg.DuplicateEach {
-			msgs = append(msgs, batch[i].producerMessage())
+			d := batch[i].producerMessage()
+			d.Metadata = i
+			msgs = append(msgs, d)
 		}
 	}
 	return msgs

@@ -30,6 +30,13 @@ type queries struct {
 	removeSome string
 	// backlog counts rows and the age of the oldest.
 	backlog string
+	// park moves the rows $1 (seqs) to the parked table with the errors $2.
+	park string
+	// listParked reads up to $1 parked rows, oldest first.
+	listParked string
+	// retryParked moves the parked rows $1 (every one when empty) back into
+	// the outbox in their order; discardParked deletes them.
+	retryParked, discardParked string
 	// oldest is the age in seconds of the first row in seq order (0 when
 	// empty): an index lookup, cheap enough to ask every second.
 	oldest string
@@ -66,7 +73,23 @@ ORDER BY m.ord`, s),
 		remove:     fmt.Sprintf(`DELETE FROM %s.outbox WHERE seq = ANY($1::bigint[])`, s),
 		removeSome: fmt.Sprintf(`DELETE FROM %s.outbox WHERE seq = ANY($1::bigint[]) RETURNING seq`, s),
 		backlog:    fmt.Sprintf(`SELECT count(*), COALESCE(EXTRACT(EPOCH FROM now() - min(created_at)), 0)::float8 FROM %s.outbox`, s),
-		oldest:     fmt.Sprintf(`SELECT COALESCE(EXTRACT(EPOCH FROM now() - (SELECT created_at FROM %s.outbox ORDER BY seq LIMIT 1)), 0)::float8`, s),
+		park: fmt.Sprintf(`WITH moved AS (
+	DELETE FROM %[1]s.outbox o USING unnest($1::bigint[], $2::text[]) AS p(seq, err)
+	WHERE o.seq = p.seq
+	RETURNING o.seq, o.id, o.topic, o.key, o.payload, o.headers, o.created_at, p.err
+)
+INSERT INTO %[1]s.outbox_parked (id, topic, key, payload, headers, created_at, error)
+SELECT id, topic, key, payload, headers, created_at, err FROM moved ORDER BY seq`, s),
+		listParked: fmt.Sprintf(`SELECT seq, id, topic, key, length(payload), headers, created_at, parked_at, error
+FROM %s.outbox_parked ORDER BY seq LIMIT $1`, s),
+		retryParked: fmt.Sprintf(`WITH back AS (
+	DELETE FROM %[1]s.outbox_parked WHERE COALESCE(cardinality($1::bigint[]), 0) = 0 OR seq = ANY($1)
+	RETURNING seq, id, topic, key, payload, headers
+)
+INSERT INTO %[1]s.outbox (id, topic, key, payload, headers)
+SELECT id, topic, key, payload, headers FROM back ORDER BY seq`, s),
+		discardParked: fmt.Sprintf(`DELETE FROM %s.outbox_parked WHERE COALESCE(cardinality($1::bigint[]), 0) = 0 OR seq = ANY($1)`, s),
+		oldest:        fmt.Sprintf(`SELECT COALESCE(EXTRACT(EPOCH FROM now() - (SELECT created_at FROM %s.outbox ORDER BY seq LIMIT 1)), 0)::float8`, s),
 		inboxClaim: fmt.Sprintf(`INSERT INTO %s.inbox AS i (consumer, message_id) VALUES ($1, $2)
 ON CONFLICT (consumer, message_id) DO UPDATE SET duplicates = i.duplicates + 1
 RETURNING duplicates`, s),

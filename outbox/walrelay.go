@@ -409,16 +409,18 @@ func (r *Relay) drainTables(ctx context.Context, ws *walState, keepalive func(co
 			if err := keepalive(ctx); err != nil {
 				return nil, fmt.Errorf("report the slot's position during the drain: %w", err)
 			}
-			if !r.send(ctx, r.log.With("outbox", o.Schema()), batch, keepalive) {
+			sent, ok := r.sendAll(ctx, r.log.With("outbox", o.Schema()), batch, keepalive)
+			if !ok {
 				return nil, ctx.Err()
 			}
-			if err := ws.del.deleteNow(ctx, batch); err != nil {
+			if err := ws.del.deleteNow(ctx, sent); err != nil {
 				return nil, err
 			}
-			r.countPublished(batch)
+			r.countPublished(sent)
 			if d.seqs[o.Schema()] == nil {
 				d.seqs[o.Schema()] = map[int64]bool{}
 			}
+			// Sent or parked: the stream must not bring any of them again.
 			for _, rw := range batch {
 				d.seqs[o.Schema()][rw.seq] = true
 			}
@@ -460,47 +462,186 @@ func (r *Relay) countPublished(batch []row) {
 }
 
 // sendTxs publishes the streamed transactions in commit order, taking
-// whatever has arrived as one batch, and advances the confirmed position
-// past each batch once Kafka acknowledged all of it.
+// whatever has arrived as one batch. A row Kafka did not take is held and
+// tried again with the next batch, in front of it; the newer rows of every
+// other key go on meanwhile (one sick partition does not stall the rest).
+// A row Kafka will never take is parked. The confirmed position advances
+// past a transaction once every row of it and of every earlier one was sent
+// or parked: a restart repeats what was not confirmed, and the inboxes
+// absorb what it repeats.
 func (r *Relay) sendTxs(ctx context.Context, ws *walState, log *slog.Logger, txs <-chan walTx, confirmed *atomic.Uint64, pending *atomic.Int64) {
-	batch := make([]row, 0, r.cfg.BatchSize)
-	var xids []uint32
-	vis := &visibility{r: r}
+	var (
+		window  txWindow
+		held    []heldRow
+		xids    []uint32
+		unknown = map[uuid.UUID]int{}
+		vis     = &visibility{r: r}
+		backoff = newBackoff(100*time.Millisecond, time.Second)
+	)
 	for {
 		var tx walTx
-		select {
-		case <-ctx.Done():
-			return
-		case tx = <-txs:
+		if len(held) == 0 {
+			select {
+			case <-ctx.Done():
+				return
+			case tx = <-txs:
+			}
+		} else {
+			// Rows wait for another try: take new transactions if any,
+			// but try again after the backoff either way.
+			t := time.NewTimer(backoff.cur)
+			select {
+			case <-ctx.Done():
+				t.Stop()
+				return
+			case tx = <-txs:
+			case <-t.C:
+			}
+			t.Stop()
 		}
-		batch = append(batch[:0], tx.rows...)
-		xids = append(xids[:0], tx.xid)
-		end, n := tx.end, int64(1)
+		// A key with held rows sends nothing newer until they went.
+		heldKeys := make(map[partitionKey]bool, len(held))
+		for _, h := range held {
+			heldKeys[h.partitionKey()] = true
+		}
+		batch := make([]heldRow, 0, len(held)+len(tx.rows))
+		batch = append(batch, held...)
+		var deferred []heldRow
+		xids = xids[:0]
+		take := func(tx walTx) {
+			id := window.push(tx.end, len(tx.rows))
+			xids = append(xids, tx.xid)
+			for _, rw := range tx.rows {
+				h := heldRow{row: rw, tx: id}
+				if heldKeys[h.partitionKey()] {
+					deferred = append(deferred, h)
+					continue
+				}
+				batch = append(batch, h)
+			}
+		}
+		if tx.end != 0 || len(tx.rows) > 0 {
+			take(tx)
+		}
 	more:
 		for len(batch) < r.cfg.BatchSize {
 			select {
 			case tx = <-txs:
-				batch = append(batch, tx.rows...)
-				xids = append(xids, tx.xid)
-				end = tx.end
-				n++
+				take(tx)
 			default:
 				break more
 			}
 		}
-		if err := vis.await(ctx, xids); err != nil {
-			if ctx.Err() == nil {
+		if len(xids) > 0 {
+			if err := vis.await(ctx, xids); err != nil && ctx.Err() == nil {
 				log.Warn("check that streamed transactions are visible failed; publishing them anyway", "err", err)
 			}
 		}
-		if !r.send(ctx, log, batch, nil) {
-			return
+		rows := make([]row, len(batch))
+		txOf := make(map[rowRef]int64, len(batch))
+		for i, h := range batch {
+			rows[i] = h.row
+			txOf[rowRef{h.schema, h.seq}] = h.tx
 		}
-		r.countPublished(batch)
-		confirmed.Store(uint64(end))
-		pending.Add(-n)
-		ws.del.add(batch)
+		out, wait := r.try(rows, unknown)
+		if err := r.park(ctx, out.parked, out.parkErrs); err != nil {
+			if ctx.Err() != nil {
+				return
+			}
+			log.Warn("park outbox rows Kafka will never accept; retrying them", "rows", len(out.parked), "err", err)
+			out.retry = append(out.retry, out.parked...)
+			out.parked = nil
+		}
+		retry := make(map[rowRef]bool, len(out.retry))
+		for _, rw := range out.retry {
+			retry[rowRef{rw.schema, rw.seq}] = true
+		}
+		failedBefore := len(out.retry) > 0
+		waiting := make(map[rowRef]bool, len(wait))
+		for _, rw := range wait {
+			waiting[rowRef{rw.schema, rw.seq}] = true
+		}
+		var next []heldRow
+		for _, h := range batch {
+			ref := rowRef{h.schema, h.seq}
+			if retry[ref] {
+				next = append(next, h)
+			} else if !waiting[ref] {
+				window.done(h.tx)
+			}
+		}
+		// Per key: a retried row is older than the key's waiting rows,
+		// which are older than its deferred ones.
+		for _, rw := range wait {
+			next = append(next, heldRow{row: rw, tx: txOf[rowRef{rw.schema, rw.seq}]})
+		}
+		held = append(next, deferred...)
+		r.countPublished(out.sent)
+		ws.del.add(out.sent)
+		if end, n := window.advance(); n > 0 {
+			confirmed.Store(uint64(end))
+			pending.Add(-n)
+		}
+		if failedBefore {
+			log.Warn("publish outbox rows to Kafka failed; retrying them while the rest flows",
+				"rows", len(out.retry), "sent", len(out.sent), "err", out.err)
+			backoff.cur = min(backoff.cur*2, backoff.hi)
+		} else {
+			backoff.reset()
+		}
 	}
+}
+
+// heldRow is a streamed row with the transaction (txWindow id) it came in.
+type heldRow struct {
+	row
+	tx int64
+}
+
+// partitionKey is what decides a row's partition, and so its order.
+type partitionKey struct{ topic, key string }
+
+func (rw *row) partitionKey() partitionKey { return partitionKey{rw.topic, rw.key} }
+
+// rowRef names an outbox row.
+type rowRef struct {
+	schema string
+	seq    int64
+}
+
+// txWindow tracks, in commit order, the streamed transactions whose rows
+// are not all sent or parked yet.
+type txWindow struct {
+	first int64 // id of txs[0]
+	txs   []windowTx
+}
+
+type windowTx struct {
+	end  pglogrepl.LSN
+	left int
+}
+
+// push adds a transaction with rows rows and returns its id.
+func (w *txWindow) push(end pglogrepl.LSN, rows int) int64 {
+	w.txs = append(w.txs, windowTx{end: end, left: rows})
+	return w.first + int64(len(w.txs)) - 1
+}
+
+// done counts one row of transaction id as sent or parked.
+func (w *txWindow) done(id int64) { w.txs[id-w.first].left-- }
+
+// advance drops the finished transactions at the front and returns the end
+// position of the last one dropped and how many it dropped.
+func (w *txWindow) advance() (pglogrepl.LSN, int64) {
+	var end pglogrepl.LSN
+	n := 0
+	for n < len(w.txs) && w.txs[n].left <= 0 {
+		end = w.txs[n].end
+		n++
+	}
+	w.txs = w.txs[n:]
+	w.first += int64(n)
+	return end, int64(n)
 }
 
 // receive reads the replication stream, hands every committed transaction
