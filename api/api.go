@@ -13,11 +13,13 @@
 //   - 400: the request cannot be read: a missing or malformed
 //     Idempotency-Key, malformed JSON, trailing data after the JSON object,
 //     an unknown field, a value of the wrong JSON type (a string quantity,
-//     an amount that is not a decimal with at most two fractional digits),
-//     or a malformed path or query parameter.
+//     an amount that is not a plain decimal, such as -5 or 1e3), or a
+//     malformed path or query parameter.
 //   - 422: the request was read but breaks a rule (order.PlaceRequest's
-//     Validate: a blank customer, no items, a zero quantity, a duplicate SKU,
-//     a bad currency …): every broken rule is listed.
+//     ValidateWithAmount: a blank customer, no items, a zero quantity, a
+//     duplicate SKU, a currency that is not ISO 4217, an amount with more
+//     fractional digits than its currency has or too large …): every broken
+//     rule is listed.
 //   - 413: the body is larger than Config.MaxBodyBytes.
 //   - 415: the body is not JSON (Content-Type).
 //   - 404: an unknown order or saga, or an unknown route; 405: a known route

@@ -127,8 +127,8 @@ func position(body []byte, off int64) string {
 
 // describeType names what a JSON value of Go type t must be.
 func describeType(t reflect.Type) string {
-	if t == reflect.TypeFor[money]() || t == reflect.TypeFor[order.Money]() {
-		return `a decimal amount with at most two fractional digits, such as 19.99 or "19.99"`
+	if t == reflect.TypeFor[money]() || t == reflect.TypeFor[order.Decimal]() {
+		return `a decimal amount such as 19.99 or "19.99", without a sign or an exponent`
 	}
 	for t.Kind() == reflect.Pointer {
 		t = t.Elem()
@@ -297,49 +297,47 @@ func joinPath(path, key string) string {
 }
 
 // jsonField finds the field of struct t that encoding/json decodes key
-// into: an exact match of its JSON name first, then a case-insensitive one.
+// into: an exact match of its JSON name first, then a case-insensitive one;
+// of fields of the same name, the least deeply embedded one (which hides
+// the others, as placeBody's amount hides order.PlaceRequest's).
 func jsonField(t reflect.Type, key string) (name string, typ reflect.Type, found bool) {
 	var foldName string
 	var foldType reflect.Type
-	var search func(t reflect.Type) bool
-	search = func(t reflect.Type) bool {
-		for i := range t.NumField() {
-			f := t.Field(i)
-			tag := f.Tag.Get("json")
-			if tag == "-" {
-				continue
-			}
-			n, _, _ := strings.Cut(tag, ",")
-			ft := f.Type
-			if f.Anonymous && n == "" {
-				for ft.Kind() == reflect.Pointer {
-					ft = ft.Elem()
-				}
-				if ft.Kind() == reflect.Struct {
-					if search(ft) {
-						return true
-					}
+	for level := []reflect.Type{t}; len(level) > 0; {
+		var next []reflect.Type
+		for _, t := range level {
+			for i := range t.NumField() {
+				f := t.Field(i)
+				tag := f.Tag.Get("json")
+				if tag == "-" {
 					continue
 				}
-			}
-			if !f.IsExported() {
-				continue
-			}
-			if n == "" {
-				n = f.Name
-			}
-			if n == key {
-				name, typ = n, f.Type
-				return true
-			}
-			if foldType == nil && strings.EqualFold(n, key) {
-				foldName, foldType = n, f.Type
+				n, _, _ := strings.Cut(tag, ",")
+				ft := f.Type
+				if f.Anonymous && n == "" {
+					for ft.Kind() == reflect.Pointer {
+						ft = ft.Elem()
+					}
+					if ft.Kind() == reflect.Struct {
+						next = append(next, ft)
+						continue
+					}
+				}
+				if !f.IsExported() {
+					continue
+				}
+				if n == "" {
+					n = f.Name
+				}
+				if n == key {
+					return n, f.Type, true
+				}
+				if foldType == nil && strings.EqualFold(n, key) {
+					foldName, foldType = n, f.Type
+				}
 			}
 		}
-		return false
-	}
-	if search(t) {
-		return name, typ, true
+		level = next
 	}
 	if foldType != nil {
 		return foldName, foldType, true

@@ -2,6 +2,7 @@ package api_test
 
 import (
 	"encoding/json"
+	"fmt"
 	"net/http"
 	"regexp"
 	"slices"
@@ -172,4 +173,56 @@ func TestUnknownRouteAndWrongMethod(t *testing.T) {
 	}
 	var body json.RawMessage
 	res.decode(t, &body) // one JSON value, no trailing plain text from the mux
+}
+
+// The amounts openapi.json gives as examples match its pattern of a value,
+// place, and are answered as written: the document and the API agree on
+// the currency's scale (JPY has no fractional digits, KWD three).
+func TestOpenAPIAmountExamples(t *testing.T) {
+	t.Parallel()
+	e := setup(t)
+	var raw map[string]any
+	e.do(http.MethodGet, "/openapi.json", "").decode(t, &raw)
+	schema, _ := resolve(raw, "#/components/schemas/Amount").(map[string]any)
+	examples, _ := schema["examples"].([]any)
+	currencies := map[string]bool{}
+	for _, ex := range examples {
+		ex, _ := ex.(map[string]any)
+		if c, ok := ex["currency"].(string); ok {
+			currencies[c] = true
+		}
+	}
+	for _, c := range []string{"EUR", "JPY", "KWD"} {
+		if !currencies[c] {
+			t.Errorf("Amount examples %v lack one in %s", examples, c)
+		}
+	}
+	var pattern *regexp.Regexp
+	money, _ := resolve(raw, "#/components/schemas/Money").(map[string]any)
+	alts, _ := money["oneOf"].([]any)
+	for _, alt := range alts {
+		if p, ok := alt.(map[string]any)["pattern"].(string); ok {
+			pattern = regexp.MustCompile(p)
+		}
+	}
+	if pattern == nil {
+		t.Fatal("Money has no pattern")
+	}
+	for i, ex := range examples {
+		ex := ex.(map[string]any)
+		value, currency := ex["value"].(string), ex["currency"].(string)
+		t.Run(currency+" "+value, func(t *testing.T) {
+			if !pattern.MatchString(value) {
+				t.Errorf("%q does not match the documented pattern %s", value, pattern)
+			}
+			placed := e.mustPlace(fmt.Sprintf("example-%d", i), orderJSON(t, set("amount", ex)))
+			var o struct {
+				Amount map[string]any `json:"amount"`
+			}
+			e.do(http.MethodGet, placed.StatusURL, "").decode(t, &o)
+			if o.Amount["value"] != value || o.Amount["currency"] != currency {
+				t.Errorf("GET answered amount %v, placed %v", o.Amount, ex)
+			}
+		})
+	}
 }

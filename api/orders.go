@@ -42,8 +42,11 @@ type Order struct {
 	SagaURL string `json:"saga_url"`
 }
 
-// placeBody decodes order.PlaceRequest with an amount whose decoding errors
-// name their field (order.Money's errors do not say where they are).
+// placeBody decodes order.PlaceRequest with its amount as the client wrote
+// it: the value's scale depends on the currency, which may come after it,
+// so the value is kept as a decimal and converted once both are known
+// (order.PlaceRequest.ValidateWithAmount). Its decoding errors name their
+// field (order.Decimal's errors do not say where they are).
 type placeBody struct {
 	order.PlaceRequest
 	Amount struct {
@@ -52,21 +55,19 @@ type placeBody struct {
 	} `json:"amount"` // shadows PlaceRequest.Amount
 }
 
-func (b *placeBody) request() *order.PlaceRequest {
+// request returns the request and its amount as written, which
+// ValidateWithAmount converts.
+func (b *placeBody) request() (*order.PlaceRequest, order.DecimalAmount) {
 	req := b.PlaceRequest
-	req.Amount = order.Amount{Value: order.Money(b.Amount.Value), Currency: b.Amount.Currency}
-	return &req
+	return &req, order.DecimalAmount{Value: order.Decimal(b.Amount.Value), Currency: b.Amount.Currency}
 }
 
-// money decodes like order.Money but fails with a *json.UnmarshalTypeError,
-// to which encoding/json adds the field's path.
-type money order.Money
+// money decodes an amount's value like order.Decimal but fails with a
+// *json.UnmarshalTypeError, to which encoding/json adds the field's path.
+type money order.Decimal
 
 func (m *money) UnmarshalJSON(b []byte) error {
-	if string(b) == "null" {
-		return nil // like any other null: the zero value, which Validate refuses
-	}
-	if err := (*order.Money)(m).UnmarshalJSON(b); err != nil {
+	if err := (*order.Decimal)(m).UnmarshalJSON(b); err != nil {
 		return &json.UnmarshalTypeError{Value: describeJSON(b), Type: reflect.TypeFor[money]()}
 	}
 	return nil
@@ -111,7 +112,10 @@ func idempotencyKey(r *http.Request) (string, error) {
 	return key, nil
 }
 
-var placeRequestType = reflect.TypeFor[order.PlaceRequest]()
+// placeRequestType is the schema of POST /orders: the type decoded, which
+// the walk of decodeJSON's errors must mirror (order.Amount decodes itself,
+// placeBody's amount field by field).
+var placeRequestType = reflect.TypeFor[placeBody]()
 
 // placeOrder is POST /orders.
 func (s *server) placeOrder(w http.ResponseWriter, r *http.Request) error {
@@ -123,8 +127,8 @@ func (s *server) placeOrder(w http.ResponseWriter, r *http.Request) error {
 	if err := s.decodeJSON(w, r, &body, placeRequestType); err != nil {
 		return err
 	}
-	req := body.request()
-	if errs := append(req.Validate(), s.checkInjection(req)...); len(errs) > 0 {
+	req, amount := body.request()
+	if errs := append(req.ValidateWithAmount(amount), s.checkInjection(req)...); len(errs) > 0 {
 		detail := fmt.Sprintf("the order has %d invalid field(s): %s %s", len(errs), errs[0].Field, errs[0].Reason)
 		if len(errs) > 1 {
 			detail += " …"

@@ -125,10 +125,42 @@ func TestPlaceOrderRejectsBadRequests(t *testing.T) {
 		{name: "null item", body: orderJSON(t, set("items.0", nil)), status: 422, field: "items[0].sku", fields: []string{"items[0].sku", "items[0].quantity"}},
 		{name: "zero amount", body: orderJSON(t, set("amount.value", "0.00")), status: 422, field: "amount.value"},
 		{name: "zero amount number", body: orderJSON(t, set("amount.value", 0)), status: 422, field: "amount.value"},
-		{name: "missing amount", body: orderJSON(t, del("amount")), status: 422, field: "amount.value", fields: []string{"amount.value", "amount.currency"}},
+		{name: "missing amount", body: orderJSON(t, del("amount")), status: 422, field: "amount.value", fields: []string{"amount.value", "amount.currency"},
+			detail: "amount.value is required"},
+		{name: "missing amount value", body: orderJSON(t, del("amount.value")), status: 422, field: "amount.value", detail: "amount.value is required"},
+		{name: "null amount value", body: orderJSON(t, set("amount.value", nil)), status: 422, field: "amount.value", detail: "amount.value is required"},
 		{name: "lower-case currency", body: orderJSON(t, set("amount.currency", "eur")), status: 422, field: "amount.currency"},
 		{name: "long currency", body: orderJSON(t, set("amount.currency", "EURO")), status: 422, field: "amount.currency"},
-		{name: "missing currency", body: orderJSON(t, del("amount.currency")), status: 422, field: "amount.currency"},
+		{name: "missing currency", body: orderJSON(t, del("amount.currency")), status: 422, field: "amount.currency", detail: "amount.currency is required"},
+		// The currency's scale decides how many fractional digits the value
+		// may have (before: two for every currency).
+		{name: "three decimals", body: orderJSON(t, set("amount.value", "19.999")), status: 422, field: "amount.value", detail: "EUR has 2"},
+		{name: "three decimals number", body: strings.Replace(valid, `"value":"19.99"`, `"value":19.999`, 1), status: 422, field: "amount.value", detail: "EUR has 2"},
+		{name: "fractional yen", body: orderJSON(t, set("amount.value", "10.5"), set("amount.currency", "JPY")), status: 422, field: "amount.value",
+			detail: "JPY has no fractional digits"},
+		{name: "fractional yen number", body: orderJSON(t, set("amount.value", 10.5), set("amount.currency", "JPY")), status: 422, field: "amount.value",
+			detail: "JPY has no fractional digits"},
+		{name: "yen with a zero fraction", body: orderJSON(t, set("amount.value", "1000.0"), set("amount.currency", "JPY")), status: 422, field: "amount.value",
+			detail: "JPY has no fractional digits"},
+		{name: "four decimals dinar", body: orderJSON(t, set("amount.value", "1.2345"), set("amount.currency", "KWD")), status: 422, field: "amount.value",
+			detail: "KWD has 3"},
+		{name: "value before the currency", body: strings.Replace(orderJSON(t, set("amount.value", "10.5"), set("amount.currency", "JPY")),
+			`"currency":"JPY","value":"10.5"`, `"value":"10.5","currency":"JPY"`, 1), status: 422, field: "amount.value", detail: "JPY has no fractional digits"},
+		{name: "unknown currency XYZ", body: orderJSON(t, set("amount.currency", "XYZ")), status: 422, field: "amount.currency", detail: "ISO 4217"},
+		{name: "unknown currency ABC", body: orderJSON(t, set("amount.currency", "ABC")), status: 422, field: "amount.currency", detail: "ISO 4217"},
+		{name: "no currency XXX", body: orderJSON(t, set("amount.currency", "XXX")), status: 422, field: "amount.currency", detail: "legal tender"},
+		{name: "withdrawn currency DEM", body: orderJSON(t, set("amount.currency", "DEM")), status: 422, field: "amount.currency", detail: "legal tender"},
+		{name: "unknown currency with a fractional value", body: orderJSON(t, set("amount.value", "10.555"), set("amount.currency", "XYZ")), status: 422,
+			field: "amount.currency", fields: []string{"amount.currency"}},
+		// Too large: the same limit in every currency, in its major unit.
+		{name: "amount over the limit", body: orderJSON(t, set("amount.value", "1000000000.01")), status: 422, field: "amount.value", detail: "too large"},
+		{name: "yen over the limit", body: orderJSON(t, set("amount.value", "1000000001"), set("amount.currency", "JPY")), status: 422, field: "amount.value",
+			detail: "too large"},
+		{name: "too many whole digits", body: orderJSON(t, set("amount.value", "12345678901")), status: 422, field: "amount.value", detail: "too large"},
+		{name: "far too many whole digits", body: orderJSON(t, set("amount.value", strings.Repeat("9", 40)+".99")), status: 422, field: "amount.value",
+			detail: "too large"},
+		{name: "far too many whole digits number", body: strings.Replace(valid, `"value":"19.99"`, `"value":`+strings.Repeat("9", 40), 1), status: 422,
+			field: "amount.value", detail: "too large"},
 		{name: "missing address name", body: orderJSON(t, del("shipping_address.name")), status: 422, field: "shipping_address.name"},
 		{name: "missing address line1", body: orderJSON(t, del("shipping_address.line1")), status: 422, field: "shipping_address.line1"},
 		{name: "blank address city", body: orderJSON(t, set("shipping_address.city", " ")), status: 422, field: "shipping_address.city"},
@@ -160,8 +192,7 @@ func TestPlaceOrderRejectsBadRequests(t *testing.T) {
 		{name: "item not an object", body: orderJSON(t, set("items.1", "SKU-2")), status: 400, field: "items[1]", detail: "must be an object"},
 		{name: "negative amount", body: orderJSON(t, set("amount.value", "-5.00")), status: 400, field: "amount.value", detail: "decimal"},
 		{name: "negative amount number", body: orderJSON(t, set("amount.value", -5)), status: 400, field: "amount.value"},
-		{name: "three decimals", body: orderJSON(t, set("amount.value", "19.999")), status: 400, field: "amount.value"},
-		{name: "three decimals number", body: strings.Replace(valid, `"value":"19.99"`, `"value":19.999`, 1), status: 400, field: "amount.value"},
+		{name: "exponent amount", body: strings.Replace(valid, `"value":"19.99"`, `"value":1999e-2`, 1), status: 400, field: "amount.value", detail: "decimal"},
 		{name: "garbage amount", body: orderJSON(t, set("amount.value", "lots")), status: 400, field: "amount.value"},
 		{name: "boolean amount", body: orderJSON(t, set("amount.value", true)), status: 400, field: "amount.value"},
 		{name: "amount not an object", body: orderJSON(t, set("amount", "19.99 EUR")), status: 400, field: "amount", detail: "must be an object"},
@@ -263,6 +294,10 @@ func TestPlaceOrderAcceptsVariants(t *testing.T) {
 		{"amount as a number", "application/json", strings.Replace(orderJSON(t), `"value":"19.99"`, `"value":19.99`, 1)},
 		{"amount with one decimal", "application/json", orderJSON(t, set("amount.value", "19.9"))},
 		{"whole amount", "application/json", orderJSON(t, set("amount.value", 20))},
+		{"yen", "application/json", orderJSON(t, set("amount.value", "1000"), set("amount.currency", "JPY"))},
+		{"dinar with three decimals", "application/json", orderJSON(t, set("amount.value", "1.234"), set("amount.currency", "KWD"))},
+		{"value before the currency", "application/json", strings.Replace(orderJSON(t, set("amount.value", "1.234"), set("amount.currency", "KWD")),
+			`"currency":"KWD","value":"1.234"`, `"value":"1.234","currency":"KWD"`, 1)},
 		{"known inject", "application/json", orderJSON(t, set("inject", map[string]any{"payment": "refuse", "shipping.compensation": "error"}))},
 		{"line2 and trailing whitespace", "application/json", orderJSON(t, set("shipping_address.line2", "Flat 3")) + "\n\t "},
 	}
@@ -570,6 +605,61 @@ func TestGetOrder(t *testing.T) {
 	p = e.do(http.MethodGet, "/orders/not-a-uuid", "").problem(t, http.StatusBadRequest)
 	if p.Field != "id" {
 		t.Errorf("bad id: %+v", p)
+	}
+}
+
+// An amount is stored in its currency's minor units, whose scale depends
+// on the currency (before: cents, two decimals, for every currency), and
+// answered with that scale.
+func TestPlaceOrderAmountScale(t *testing.T) {
+	t.Parallel()
+	e := setup(t)
+	cases := []struct {
+		name  string
+		body  string
+		minor int64  // amount_cents: the amount in minor units
+		value string // amount.value of GET /orders/{id}
+	}{
+		{"euros", orderJSON(t), 1999, "19.99"},
+		{"euros with one decimal", orderJSON(t, set("amount.value", "19.9")), 1990, "19.90"},
+		{"whole euros as a number", orderJSON(t, set("amount.value", 20)), 2000, "20.00"},
+		{"euro cent", orderJSON(t, set("amount.value", "0.01")), 1, "0.01"},
+		{"yen", orderJSON(t, set("amount.value", "1000"), set("amount.currency", "JPY")), 1000, "1000"},
+		{"yen as a number", orderJSON(t, set("amount.value", 1000), set("amount.currency", "JPY")), 1000, "1000"},
+		{"yen at the limit", orderJSON(t, set("amount.value", "1000000000"), set("amount.currency", "JPY")), 1_000_000_000, "1000000000"},
+		{"dinar", orderJSON(t, set("amount.value", "1.234"), set("amount.currency", "KWD")), 1234, "1.234"},
+		{"dinar with one decimal", orderJSON(t, set("amount.value", "0.5"), set("amount.currency", "KWD")), 500, "0.500"},
+		{"dinar, value before the currency", strings.Replace(orderJSON(t, set("amount.value", "1.234"), set("amount.currency", "KWD")),
+			`"currency":"KWD","value":"1.234"`, `"value":"1.234","currency":"KWD"`, 1), 1234, "1.234"},
+		{"leading zeros", orderJSON(t, set("amount.value", "007.50")), 750, "7.50"},
+	}
+	for i, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			placed := e.mustPlace(fmt.Sprintf("scale-%d", i), tc.body)
+			var minor, dataMinor int64
+			if err := e.pool.QueryRow(context.Background(), `SELECT o.amount_cents, (s.data->>'amount_cents')::bigint
+FROM orders.orders o JOIN saga.instances s ON s.id = o.saga_id WHERE o.id = $1`, placed.OrderID).Scan(&minor, &dataMinor); err != nil {
+				t.Fatal(err)
+			}
+			if minor != tc.minor || dataMinor != tc.minor {
+				t.Errorf("stored %d minor units, saga data %d, want %d", minor, dataMinor, tc.minor)
+			}
+			var o struct {
+				Amount struct {
+					Value    string `json:"value"`
+					Currency string `json:"currency"`
+				} `json:"amount"`
+			}
+			e.do(http.MethodGet, placed.StatusURL, "").decode(t, &o)
+			if o.Amount.Value != tc.value {
+				t.Errorf("GET answered amount %q %s, want %q", o.Amount.Value, o.Amount.Currency, tc.value)
+			}
+			var full api.Order
+			e.do(http.MethodGet, placed.StatusURL, "").decode(t, &full)
+			if full.Order == nil || int64(full.Amount.Value) != tc.minor {
+				t.Errorf("GET decoded as %+v, want %d minor units", full.Order, tc.minor)
+			}
+		})
 	}
 }
 

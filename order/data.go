@@ -25,12 +25,15 @@ type Address struct {
 
 // Data is the order saga's data, carried in every command of the saga.
 type Data struct {
-	OrderID         uuid.UUID `json:"order_id"`
-	CustomerID      string    `json:"customer_id"`
-	Items           []Item    `json:"items"`
-	AmountCents     int64     `json:"amount_cents"`
-	Currency        string    `json:"currency"`
-	ShippingAddress Address   `json:"shipping_address"`
+	OrderID    uuid.UUID `json:"order_id"`
+	CustomerID string    `json:"customer_id"`
+	Items      []Item    `json:"items"`
+	// AmountCents is the amount in minor units of Currency: cents of EUR,
+	// yen of JPY, fils of KWD (see Amount). The name, here, in the saga's
+	// JSON and in the database, is older than currencies of other scales.
+	AmountCents     int64   `json:"amount_cents"`
+	Currency        string  `json:"currency"`
+	ShippingAddress Address `json:"shipping_address"`
 	// Inject asks participants to misbehave, by participant name
 	// ("inventory", "payment", "shipping"), with a mode such as "refuse",
 	// "error", "delay=2s", "drop", "crash-before-commit" or

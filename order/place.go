@@ -10,7 +10,6 @@ import (
 	"maps"
 	"regexp"
 	"slices"
-	"strconv"
 	"strings"
 	"time"
 	"unicode"
@@ -23,50 +22,10 @@ import (
 	"github.com/sagaflow/sagaflow/saga"
 )
 
-// Money is an amount in a currency's minor units (cents). In JSON it is a
-// decimal with at most two fractional digits, as a string ("19.99") or a
-// number (19.99).
-type Money int64
-
-var moneyPattern = regexp.MustCompile(`^[0-9]{1,10}(\.[0-9]{1,2})?$`)
-
-// UnmarshalJSON parses "19.99" or 19.99 exactly (no float rounding).
-func (m *Money) UnmarshalJSON(b []byte) error {
-	s := string(bytes.TrimSpace(b))
-	if strings.HasPrefix(s, `"`) {
-		if err := json.Unmarshal(b, &s); err != nil {
-			return err
-		}
-	}
-	if !moneyPattern.MatchString(s) {
-		return fmt.Errorf("amount %s is not a decimal with at most two fractional digits", s)
-	}
-	whole, frac, _ := strings.Cut(s, ".")
-	for len(frac) < 2 {
-		frac += "0"
-	}
-	n, err := strconv.ParseInt(whole+frac, 10, 64)
-	if err != nil {
-		return fmt.Errorf("amount %s: %w", s, err)
-	}
-	*m = Money(n)
-	return nil
-}
-
-// MarshalJSON writes the amount as a decimal string.
-func (m Money) MarshalJSON() ([]byte, error) {
-	return json.Marshal(m.String())
-}
-
-func (m Money) String() string { return fmt.Sprintf("%d.%02d", int64(m)/100, int64(m)%100) }
-
-// Amount is an order's total.
-type Amount struct {
-	Value    Money  `json:"value"`
-	Currency string `json:"currency"`
-}
-
-// PlaceRequest is the body of POST /orders.
+// PlaceRequest is an order to place, the body of POST /orders. Its
+// amount is in minor units of its currency; the API reads it as the client
+// wrote it (a DecimalAmount, whose scale depends on the currency) and
+// converts it with ValidateWithAmount.
 type PlaceRequest struct {
 	CustomerID      string            `json:"customer_id"`
 	Items           []Item            `json:"items"`
@@ -81,18 +40,16 @@ type FieldError struct {
 	Reason string `json:"reason"`
 }
 
-// Limits of a valid order.
+// Limits of a valid order (and MaxAmount).
 const (
-	MaxItems       = 100
-	MaxQuantity    = 10000
-	MaxTextLength  = 200
-	MaxAmountCents = 1_000_000_000_00
+	MaxItems      = 100
+	MaxQuantity   = 10000
+	MaxTextLength = 200
 )
 
 var (
-	currencyPattern = regexp.MustCompile(`^[A-Z]{3}$`)
-	countryPattern  = regexp.MustCompile(`^[A-Z]{2}$`)
-	skuPattern      = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$`)
+	countryPattern = regexp.MustCompile(`^[A-Z]{2}$`)
+	skuPattern     = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$`)
 )
 
 // injectable are the participants and compensations Inject may name.
@@ -102,7 +59,25 @@ var injectable = map[string]bool{
 }
 
 // Validate checks every field and returns what is wrong, in field order.
-func (r *PlaceRequest) Validate() []FieldError {
+// The currency must be an ISO 4217 code of a currency in use; the value,
+// in its minor units, must be positive and at most MaxAmount in the
+// currency's major unit.
+func (r *PlaceRequest) Validate() []FieldError { return r.validate(r.Amount.check()) }
+
+// ValidateWithAmount sets r.Amount to a, the amount as the client wrote it,
+// converted to minor units of its currency (DecimalAmount.Parse), and
+// checks every field as Validate does. When a cannot be converted, r.Amount
+// is zero and what is wrong with a is in the amount's place among the
+// errors.
+func (r *PlaceRequest) ValidateWithAmount(a DecimalAmount) []FieldError {
+	amount, amountErrs := a.Parse()
+	r.Amount = amount
+	return r.validate(amountErrs)
+}
+
+// validate checks every field but the amount, whose errors are given, and
+// returns what is wrong, in field order.
+func (r *PlaceRequest) validate(amountErrs []FieldError) []FieldError {
 	var errs []FieldError
 	add := func(field, reason string) { errs = append(errs, FieldError{field, reason}) }
 	text := func(field, v string, required bool) {
@@ -139,14 +114,7 @@ func (r *PlaceRequest) Validate() []FieldError {
 			add(f+".quantity", fmt.Sprintf("must be at most %d", MaxQuantity))
 		}
 	}
-	if r.Amount.Value <= 0 {
-		add("amount.value", "must be greater than zero")
-	} else if r.Amount.Value > MaxAmountCents {
-		add("amount.value", "is too large")
-	}
-	if !currencyPattern.MatchString(r.Amount.Currency) {
-		add("amount.currency", "must be a three-letter ISO 4217 code in capitals, such as EUR")
-	}
+	errs = append(errs, amountErrs...)
 	a := r.ShippingAddress
 	text("shipping_address.name", a.Name, true)
 	text("shipping_address.line1", a.Line1, true)

@@ -64,9 +64,9 @@ var ErrNotFound = errors.New("order not found")
 func Get(ctx context.Context, q saga.Querier, id uuid.UUID) (*Order, error) {
 	var o Order
 	var items, addr []byte
-	var cents int64
+	var minor int64 // amount_cents: in minor units of the currency
 	var status string
-	err := q.QueryRow(ctx, sqlGetOrder, id).Scan(&o.ID, &o.SagaID, &o.CustomerID, &items, &cents, &o.Amount.Currency,
+	err := q.QueryRow(ctx, sqlGetOrder, id).Scan(&o.ID, &o.SagaID, &o.CustomerID, &items, &minor, &o.Amount.Currency,
 		&addr, &status, &o.Reason, &o.CreatedAt, &o.UpdatedAt)
 	if errors.Is(err, pgx.ErrNoRows) {
 		return nil, fmt.Errorf("order %s: %w", id, ErrNotFound)
@@ -74,7 +74,7 @@ func Get(ctx context.Context, q saga.Querier, id uuid.UUID) (*Order, error) {
 	if err != nil {
 		return nil, fmt.Errorf("read order %s: %w", id, err)
 	}
-	o.Amount.Value, o.Status = Money(cents), Status(status)
+	o.Amount.Value, o.Status = Money(minor), Status(status)
 	if err := json.Unmarshal(items, &o.Items); err != nil {
 		return nil, fmt.Errorf("decode items of order %s: %w", id, err)
 	}

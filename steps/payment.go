@@ -13,7 +13,8 @@ import (
 )
 
 // DefaultChargeLimitCents is the amount above which a charge is declined
-// unless Config says otherwise: 5000.00.
+// unless Config says otherwise, in minor units of the order's currency:
+// 5000.00 EUR, 500000 JPY, 500.000 KWD.
 const DefaultChargeLimitCents = 500000
 
 // BlockedCustomerPrefix starts the ids of customers whose card is always
@@ -60,8 +61,10 @@ func (payment) validate(d *order.Data) error {
 	return nil
 }
 
-func money(cents int64, currency string) string {
-	return fmt.Sprintf("%d.%02d %s", cents/100, cents%100, currency)
+// money writes minor units of a currency with its scale: "19.99 EUR",
+// "1000 JPY", "1.234 KWD".
+func money(minor int64, currency string) string {
+	return order.Amount{Value: order.Money(minor), Currency: currency}.String()
 }
 
 func (p payment) apply(_ context.Context, _ pgx.Tx, b *pgx.Batch, ids []uuid.UUID, ds []*order.Data) ([]string, error) {
