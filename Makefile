@@ -6,8 +6,9 @@ KAFKA     := scripts/kafka/kafka
 KAFKA_DIR ?= .kafka-work
 TEST_TIMEOUT ?= 75m
 CHAOS_REPORT ?= $(CURDIR)/.chaos/report.txt
+FUZZTIME  ?= 10s
 
-.PHONY: build dev test test-short lint kafka-start kafka-stop clean
+.PHONY: build dev test test-short fuzz lint kafka-start kafka-stop clean
 
 build:
 	$(GO) build -o bin/sagaflow ./cmd/sagaflow
@@ -22,9 +23,11 @@ dev: build
 # (package chaos) run after the other packages, alone: on 2 cores, packages
 # that start brokers of their own beside them starved the scenarios' roles
 # into step timeouts. The broker is stopped whatever the tests' outcome, and
-# the tests' status is the exit status.
+# the tests' status is the exit status. Before the broker starts, every fuzz
+# target runs for FUZZTIME (target fuzz); a failure stops make test there.
 test:
 	$(GO) vet ./...
+	$(MAKE) --no-print-directory fuzz
 	@set -e; \
 	out=$$($(KAFKA) start --fresh --dir $(KAFKA_DIR)) || { echo "$$out"; exit 1; }; \
 	brokers=$$(echo "$$out" | tail -n 1 | sed 's/^KAFKA_BROKERS=//'); \
@@ -37,6 +40,17 @@ test:
 	$(KAFKA) stop --dir $(KAFKA_DIR) || true; \
 	if [ -f $(CHAOS_REPORT) ]; then echo "failure scenarios against the real broker:"; cat $(CHAOS_REPORT); fi; \
 	exit $$status
+
+# Each fuzz target for FUZZTIME (default 10s), one target per run: -fuzz
+# takes exactly one. The decoders of untrusted input: the POST /orders body,
+# saga commands and replies, the participants' commands. An input that fails
+# is written under the package's testdata/fuzz/<FuzzName>/; `go test` runs
+# those files (and the targets' seeds) as ordinary tests.
+fuzz:
+	$(GO) test -run '^$$' -fuzz '^FuzzDecodePlaceRequest$$' -fuzztime $(FUZZTIME) ./api
+	$(GO) test -run '^$$' -fuzz '^FuzzDecodeCommand$$' -fuzztime $(FUZZTIME) ./saga
+	$(GO) test -run '^$$' -fuzz '^FuzzDecodeReply$$' -fuzztime $(FUZZTIME) ./saga
+	$(GO) test -run '^$$' -fuzz '^FuzzParticipantDecode$$' -fuzztime $(FUZZTIME) ./steps
 
 # The fast suite alone: embedded kfake and a throwaway PostgreSQL.
 test-short:

@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"strconv"
+	"strings"
 
 	"github.com/ThreeDotsLabs/watermill/message"
 	"github.com/google/uuid"
@@ -102,6 +103,11 @@ func DecodeReply(msg *message.Message) (Reply, error) {
 	if r.SagaID == uuid.Nil || r.Step == "" || r.Attempt < 1 || (r.Outcome != Succeeded && r.Outcome != Refused) ||
 		(r.Kind != KindAction && r.Kind != KindCompensation) {
 		return r, outbox.Permanent(fmt.Errorf("reply %s lacks saga_id, step, kind, attempt or outcome: %s", msg.UUID, truncate(msg.Payload)))
+	}
+	// The step and reason go to text columns (saga.history), which cannot
+	// hold a NUL (SQLSTATE 22021): no delivery of such a reply could commit.
+	if strings.ContainsRune(r.Step, 0) || strings.ContainsRune(r.Reason, 0) {
+		return r, outbox.Permanent(fmt.Errorf("reply %s has a NUL character in its step or reason: %s", msg.UUID, truncate(msg.Payload)))
 	}
 	return r, nil
 }

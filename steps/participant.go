@@ -44,6 +44,7 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
+	"strings"
 	"sync"
 	"time"
 
@@ -396,6 +397,9 @@ func (p *Participant) decode(msg *message.Message) (saga.Command, order.Data, er
 	// participant's own rows), so it is not refused for data an action
 	// would be: that lets a saga whose action was dead-lettered finish.
 	if cmd.Kind == saga.KindAction {
+		if field := nulField(&d); field != "" {
+			return cmd, d, outbox.Permanent(fmt.Errorf("%s: message %s of saga %s: invalid order data: %s holds a NUL character", p.name, msg.UUID, cmd.SagaID, field))
+		}
 		if err := p.fx.validate(&d); err != nil {
 			return cmd, d, outbox.Permanent(fmt.Errorf("%s: message %s of saga %s: invalid order data: %w", p.name, msg.UUID, cmd.SagaID, err))
 		}
@@ -411,6 +415,29 @@ func decodeData(raw json.RawMessage, d *order.Data) error {
 		return fmt.Errorf("decode order data: %w", err)
 	}
 	return nil
+}
+
+// nulField names the first text field of d that a participant stores (the
+// SKUs, customer id, currency, shipping address) holding a NUL character,
+// or "": PostgreSQL can store a NUL neither in text (SQLSTATE 22021) nor in
+// jsonb (22P05), so such an action would fail on every delivery.
+func nulField(d *order.Data) string {
+	for i, it := range d.Items {
+		if strings.ContainsRune(it.SKU, 0) {
+			return fmt.Sprintf("items[%d].sku", i)
+		}
+	}
+	a := d.ShippingAddress
+	for _, f := range []struct{ name, v string }{
+		{"customer_id", d.CustomerID}, {"currency", d.Currency},
+		{"shipping_address.name", a.Name}, {"shipping_address.line1", a.Line1}, {"shipping_address.line2", a.Line2},
+		{"shipping_address.city", a.City}, {"shipping_address.postal_code", a.PostalCode}, {"shipping_address.country", a.Country},
+	} {
+		if strings.ContainsRune(f.v, 0) {
+			return f.name
+		}
+	}
+	return ""
 }
 
 // action runs an action command (see the package documentation's table);
