@@ -252,6 +252,17 @@ func (o *Outbox) ListParked(ctx context.Context, db interface {
 	return out, nil
 }
 
+// CountParked returns how many rows of outbox o are parked.
+func (o *Outbox) CountParked(ctx context.Context, db interface {
+	QueryRow(context.Context, string, ...any) pgx.Row
+}) (int64, error) {
+	var n int64
+	if err := db.QueryRow(ctx, o.q.countParked).Scan(&n); err != nil {
+		return 0, fmt.Errorf("count parked rows of outbox %s: %w", o.Schema(), err)
+	}
+	return n, nil
+}
+
 // RetryParked moves the parked rows seqs (all of them when seqs is empty)
 // back into the outbox, in their order, for the relay to publish again (after
 // the operator fixed the cause: raised the broker's limit, created the topic,

@@ -34,6 +34,8 @@ type queries struct {
 	park string
 	// listParked reads up to $1 parked rows, oldest first.
 	listParked string
+	// countParked counts the parked rows.
+	countParked string
 	// retryParked moves the parked rows $1 (every one when empty) back into
 	// the outbox in their order; discardParked deletes them.
 	retryParked, discardParked string
@@ -82,6 +84,7 @@ INSERT INTO %[1]s.outbox_parked (id, topic, key, payload, headers, created_at, e
 SELECT id, topic, key, payload, headers, created_at, err FROM moved ORDER BY seq`, s),
 		listParked: fmt.Sprintf(`SELECT seq, id, topic, key, length(payload), headers, created_at, parked_at, error
 FROM %s.outbox_parked ORDER BY seq LIMIT $1`, s),
+		countParked: fmt.Sprintf(`SELECT count(*) FROM %s.outbox_parked`, s),
 		retryParked: fmt.Sprintf(`WITH back AS (
 	DELETE FROM %[1]s.outbox_parked WHERE COALESCE(cardinality($1::bigint[]), 0) = 0 OR seq = ANY($1)
 	RETURNING seq, id, topic, key, payload, headers

@@ -38,6 +38,7 @@ func commands() []command {
 		{"status", "show a saga (or an order's saga) and its history: status [--json] ID", runStatus},
 		{"sagas", "list sagas: --state STATE --limit N --after ID", runSagas},
 		{"verify", "check every invariant against the database; exit 1 when one is broken", runVerify},
+		{"parked", "list, retry or discard outbox rows Kafka would never accept: parked [list|retry|discard]", runParked},
 		{"bench", "place orders (open or closed loop) and measure sagas/s and latency, then verify", runBench},
 		{"chaos", "run failure scenarios (processes killed, brokers and PostgreSQL restarted …) and verify", runChaos},
 	}

@@ -30,6 +30,8 @@ func (s *Stack) registry() *prometheus.Registry {
 			"WAL the relay's replication slot holds back (current WAL end minus its confirmed position).", []string{"slot"}, nil),
 		slotActive: prometheus.NewDesc("sagaflow_outbox_slot_active",
 			"1 while a relay streams from the replication slot, 0 when none does.", []string{"slot"}, nil),
+		parked: prometheus.NewDesc("sagaflow_outbox_parked_rows",
+			"Outbox rows parked because Kafka will never accept them; `sagaflow parked` lists, retries or discards them.", []string{"outbox"}, nil),
 	})
 	if s.Relay != nil {
 		relay := s.Relay
@@ -46,6 +48,9 @@ func (s *Stack) registry() *prometheus.Registry {
 				return 0
 			}))
 		}
+		reg.MustRegister(prometheus.NewCounterFunc(prometheus.CounterOpts{
+			Name: "sagaflow_relay_parked_total", Help: "Outbox rows this process's relay parked because Kafka will never accept them (see `sagaflow parked`).",
+		}, func() float64 { return float64(relay.Parked()) }))
 		reg.MustRegister(prometheus.NewCounterFunc(prometheus.CounterOpts{
 			Name: "sagaflow_relay_slots_recreated_total", Help: "Replication slots this process's relay found lost and created again.",
 		}, func() float64 { return float64(relay.SlotsRecreated()) }))
@@ -72,8 +77,8 @@ func (s *Stack) registry() *prometheus.Registry {
 }
 
 type backlogCollector struct {
-	s                              *Stack
-	rows, age, slotLag, slotActive *prometheus.Desc
+	s                                      *Stack
+	rows, age, slotLag, slotActive, parked *prometheus.Desc
 }
 
 func (c *backlogCollector) Describe(ch chan<- *prometheus.Desc) {
@@ -81,6 +86,7 @@ func (c *backlogCollector) Describe(ch chan<- *prometheus.Desc) {
 	ch <- c.age
 	ch <- c.slotLag
 	ch <- c.slotActive
+	ch <- c.parked
 }
 
 func (c *backlogCollector) Collect(ch chan<- prometheus.Metric) {
@@ -94,6 +100,12 @@ func (c *backlogCollector) Collect(ch chan<- prometheus.Metric) {
 		}
 		ch <- prometheus.MustNewConstMetric(c.rows, prometheus.GaugeValue, float64(b.Rows), schema)
 		ch <- prometheus.MustNewConstMetric(c.age, prometheus.GaugeValue, b.OldestAge.Seconds(), schema)
+		parked, err := outbox.New(schema).CountParked(ctx, c.s.cfg.Pool)
+		if err != nil {
+			ch <- prometheus.NewInvalidMetric(c.parked, err)
+			continue
+		}
+		ch <- prometheus.MustNewConstMetric(c.parked, prometheus.GaugeValue, float64(parked), schema)
 	}
 	slots, err := outbox.Slots(ctx, c.s.cfg.Pool)
 	if err != nil {
