@@ -216,6 +216,11 @@ func (h *Harness) boot(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
+	if h.sc.Setup != nil {
+		if err := h.sc.Setup(ctx, h); err != nil {
+			return err
+		}
+	}
 	kcfg := h.kafkaConfig()
 	if err := kcfg.EnsureTopics(ctx, kafkax.DefaultTopics().All()...); err != nil {
 		return err
@@ -240,6 +245,9 @@ func (h *Harness) kafkaConfig() kafkax.Config {
 	rf := int16(1)
 	if h.kafka.nodes >= 3 {
 		rf = 3
+	}
+	if h.sc.ReplicationFactor > 0 {
+		rf = h.sc.ReplicationFactor
 	}
 	return kafkax.Config{Brokers: h.kafka.brokers(), Partitions: kafkax.DefaultPartitions, ReplicationFactor: rf, ClientID: "sagaflow-chaos"}
 }
