@@ -3,7 +3,19 @@
 //
 // Every route is listed once, in routeTable, which both registers the
 // handlers and is checked by the tests against the OpenAPI document served
-// at GET /openapi.json (openapi.json in this directory).
+// at GET /openapi.json (openapi.json in this directory). A route's entry
+// also says who may call it (access: anyone; a reader, who needs an
+// operator token only with Config.ProtectReads; an operator) and whether it
+// counts against Config.MaxInFlight: authentication and load shedding are
+// properties of the route, not checks in handlers.
+//
+// Operators authenticate with Authorization: Bearer <token>, one of
+// Config.Operators; the token's name is logged as who acted (and kept in
+// the saga's history with a resolution's note). Every request runs under a
+// deadline (Config.RequestTimeout) and waits at most Config.AcquireTimeout
+// for a database connection; beyond Config.MaxInFlight requests in flight,
+// more are answered 503 at once. An overload is answered, never queued
+// without bound.
 //
 // Errors are RFC 9457 problem details (Content-Type application/problem+json)
 // with a type, title, status and detail and, when a field of the request is at
@@ -26,8 +38,15 @@
 //     with another method.
 //   - 409: an Idempotency-Key used before with a different order, or an
 //     operator action on a saga that is not stuck.
-//   - 503: the database is unreachable or overloaded (retry; a placement is
-//     one transaction, so nothing was half written). 500: a bug (logged).
+//   - 401: an operator route (or, with ProtectReads, a read) without a
+//     well-formed Authorization: Bearer header; WWW-Authenticate:
+//     Bearer realm="sagaflow". 403: a token that is not an operator's, or
+//     no operator tokens configured at all.
+//   - 503 with Retry-After: 1: the database is unreachable or overloaded,
+//     MaxInFlight requests are in flight already, no database connection
+//     came free within AcquireTimeout, or the request ran out of
+//     RequestTimeout (retry; a placement is one transaction, so nothing
+//     was half written). 500: a bug (logged).
 //
 // POST /orders answers 202 Accepted: the order is stored and its saga
 // started; the saga then runs asynchronously. A replay (the same
@@ -39,6 +58,7 @@ package api
 import (
 	"context"
 	"errors"
+	"fmt"
 	"log/slog"
 	"net/http"
 	"runtime/debug"
@@ -46,16 +66,36 @@ import (
 
 	"github.com/jackc/pgx/v5/pgxpool"
 
+	"github.com/sagaflow/sagaflow/internal/dbpool"
 	"github.com/sagaflow/sagaflow/order"
 	"github.com/sagaflow/sagaflow/saga"
 )
 
-// DefaultMaxBodyBytes is the default limit of a request body.
-const DefaultMaxBodyBytes = 64 << 10
+// Defaults of Config.
+const (
+	// DefaultMaxBodyBytes is the default limit of a request body.
+	DefaultMaxBodyBytes = 64 << 10
+	// DefaultRequestTimeout bounds a request's handling: its statements take
+	// milliseconds, so a request still running after 10 s waits on
+	// something (a lock, a sick database) that will not let it finish in a
+	// time a client waits.
+	DefaultRequestTimeout = 10 * time.Second
+	// DefaultAcquireTimeout bounds the wait for a database connection: a
+	// request that cannot get one in 2 s is answered 503 so that the
+	// client retries later, instead of queueing behind the others.
+	DefaultAcquireTimeout = 2 * time.Second
+	// DefaultMaxInFlight is the number of requests handled at once beyond
+	// which the API sheds load (503 at once). Far more than the database
+	// pool serves at once, so that a burst queues briefly on the pool
+	// rather than being refused, but bounded, so that an overload is
+	// answered rather than queued without end.
+	DefaultMaxInFlight = 256
+)
 
 // Config is what the API needs.
 type Config struct {
-	// Pool is the database (orders, sagas, their history).
+	// Pool is the database (orders, sagas, their history). Set it up with
+	// dbpool.BoundAcquire, so that AcquireTimeout applies.
 	Pool *pgxpool.Pool
 	// Orders places orders.
 	Orders *order.Service
@@ -64,8 +104,9 @@ type Config struct {
 	// Ready reports whether Kafka is reachable, for GET /readyz. Nil skips
 	// the check.
 	Ready func(ctx context.Context) error
-	// Logger receives a debug line per request and the errors behind 5xx
-	// answers (default slog.Default()).
+	// Logger receives a debug line per request, the errors behind 5xx
+	// answers, refused authentications and every operator action with who
+	// acted (default slog.Default()). Tokens are never logged.
 	Logger *slog.Logger
 	// MaxBodyBytes limits request bodies (default DefaultMaxBodyBytes).
 	MaxBodyBytes int64
@@ -74,37 +115,94 @@ type Config struct {
 	// asks for fault injection, so that a client cannot make a production
 	// participant fail or exit.
 	Injection func(mode string) error
+
+	// Operators are the bearer tokens that may call the operator actions
+	// (the routes of access operator: POST /sagas/{id}/retry, /resolve).
+	// Without any, operator actions are refused (403): an API reachable by
+	// clients must not let them resolve sagas.
+	Operators *Tokens
+	// ProtectReads makes the reads (GET /orders/{id}, GET /sagas…) need an
+	// operator token too. POST /orders, the health checks and the OpenAPI
+	// document stay open.
+	ProtectReads bool
+
+	// MaxInFlight bounds the requests handled at once (default
+	// DefaultMaxInFlight; negative: no bound). Beyond it a request is
+	// answered 503 with Retry-After at once; the health checks are exempt.
+	MaxInFlight int
+	// RequestTimeout bounds each request's handling: its database work is
+	// cancelled after it and the request answered 503 (default
+	// DefaultRequestTimeout).
+	RequestTimeout time.Duration
+	// AcquireTimeout bounds a request's wait for a database connection; a
+	// request that waits longer is answered 503 with Retry-After (default
+	// DefaultAcquireTimeout). It applies on a Pool set up with
+	// dbpool.BoundAcquire (serve and dev set up the API's pool so); on
+	// another pool only RequestTimeout bounds the wait.
+	AcquireTimeout time.Duration
 }
 
 // server holds the handlers' dependencies.
 type server struct {
 	cfg Config
 	log *slog.Logger
+	// inflight holds a token per request in flight (nil: no bound).
+	inflight chan struct{}
+	// overload summarises the requests answered 503 for overload.
+	overload overloadLog
 }
 
 // handlerFunc is a handler that reports failure as an error: a *Problem is
 // written as it is; any other error is logged and answered with 500.
 type handlerFunc func(s *server, w http.ResponseWriter, r *http.Request) error
 
+// access says who may call a route.
+type access int8
+
+const (
+	// public routes answer anyone: the business API (POST /orders), the
+	// health checks and the OpenAPI document.
+	public access = iota
+	// reader routes answer anyone, or with Config.ProtectReads holders of an
+	// operator token only.
+	reader
+	// operator routes change sagas by hand: they need an operator token,
+	// whose name is recorded as who acted.
+	operator
+)
+
+// load says whether a route counts against Config.MaxInFlight.
+type load int8
+
+const (
+	// shed routes are refused (503) when MaxInFlight requests are in flight.
+	shed load = iota
+	// exempt routes always answer: the health checks, which an overloaded
+	// process must still answer truthfully.
+	exempt
+)
+
 // route is one operation of the API.
 type route struct {
 	method  string
 	path    string // a net/http pattern path, which is also the OpenAPI path
+	access  access
+	load    load
 	handler handlerFunc
 }
 
-// routeTable lists every route of the API, once.
+// routeTable lists every route of the API, once, with who may call it.
 func routeTable() []route {
 	return []route{
-		{http.MethodPost, "/orders", (*server).placeOrder},
-		{http.MethodGet, "/orders/{id}", (*server).getOrder},
-		{http.MethodGet, "/sagas", (*server).listSagas},
-		{http.MethodGet, "/sagas/{id}", (*server).getSaga},
-		{http.MethodPost, "/sagas/{id}/retry", (*server).retrySaga},
-		{http.MethodPost, "/sagas/{id}/resolve", (*server).resolveSaga},
-		{http.MethodGet, "/healthz", (*server).healthz},
-		{http.MethodGet, "/readyz", (*server).readyz},
-		{http.MethodGet, "/openapi.json", (*server).openapi},
+		{http.MethodPost, "/orders", public, shed, (*server).placeOrder},
+		{http.MethodGet, "/orders/{id}", reader, shed, (*server).getOrder},
+		{http.MethodGet, "/sagas", reader, shed, (*server).listSagas},
+		{http.MethodGet, "/sagas/{id}", reader, shed, (*server).getSaga},
+		{http.MethodPost, "/sagas/{id}/retry", operator, shed, (*server).retrySaga},
+		{http.MethodPost, "/sagas/{id}/resolve", operator, shed, (*server).resolveSaga},
+		{http.MethodGet, "/healthz", public, exempt, (*server).healthz},
+		{http.MethodGet, "/readyz", public, exempt, (*server).readyz},
+		{http.MethodGet, "/openapi.json", public, shed, (*server).openapi},
 	}
 }
 
@@ -116,18 +214,55 @@ func New(cfg Config) http.Handler {
 	if cfg.MaxBodyBytes <= 0 {
 		cfg.MaxBodyBytes = DefaultMaxBodyBytes
 	}
+	if cfg.RequestTimeout <= 0 {
+		cfg.RequestTimeout = DefaultRequestTimeout
+	}
+	if cfg.AcquireTimeout <= 0 {
+		cfg.AcquireTimeout = DefaultAcquireTimeout
+	}
+	if cfg.MaxInFlight == 0 {
+		cfg.MaxInFlight = DefaultMaxInFlight
+	}
 	s := &server{cfg: cfg, log: cfg.Logger.With("component", "api")}
+	if cfg.MaxInFlight > 0 {
+		s.inflight = make(chan struct{}, cfg.MaxInFlight)
+	}
 	mux := http.NewServeMux()
 	for _, rt := range routeTable() {
-		mux.Handle(rt.method+" "+rt.path, s.handle(rt.handler))
+		mux.Handle(rt.method+" "+rt.path, s.handle(rt))
 	}
 	return s.middleware(mux)
 }
 
-// handle adapts a handlerFunc to http.Handler.
-func (s *server) handle(h handlerFunc) http.Handler {
+// handle adapts a route's handlerFunc to http.Handler: it checks who
+// calls, sheds the request when too many are in flight, and bounds its
+// time and its waits for a database connection.
+func (s *server) handle(rt route) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if err := h(s, w, r); err != nil {
+		who, err := s.authorize(r, rt.access)
+		if err != nil {
+			s.fail(w, r, err)
+			return
+		}
+		if rt.load == shed && s.inflight != nil {
+			select {
+			case s.inflight <- struct{}{}:
+				defer func() { <-s.inflight }()
+			default:
+				s.overload.note(r.Context(), s.log)
+				writeProblem(w, r, &Problem{Type: TypeUnavailable, Title: "Service Unavailable", Status: http.StatusServiceUnavailable,
+					Detail: fmt.Sprintf("the server is busy: %d requests are in flight, its limit; retry in a second", s.cfg.MaxInFlight)})
+				return
+			}
+		}
+		ctx, cancel := context.WithTimeout(r.Context(), s.cfg.RequestTimeout)
+		defer cancel()
+		ctx = dbpool.WithAcquireTimeout(ctx, s.cfg.AcquireTimeout)
+		if who != "" {
+			ctx = context.WithValue(ctx, operatorKey{}, who)
+		}
+		r = r.WithContext(ctx)
+		if err := rt.handler(s, w, r); err != nil {
 			s.fail(w, r, err)
 		}
 	})
@@ -141,6 +276,16 @@ func (s *server) fail(w http.ResponseWriter, r *http.Request, err error) {
 		p = internalError(err)
 	}
 	switch {
+	case p.Status == http.StatusServiceUnavailable && errors.Is(p.cause, context.DeadlineExceeded):
+		// Out of time: the request's or its wait for a connection. Under
+		// overload these come by the thousand: summarised, not one a line.
+		if r.Context().Err() != nil {
+			p.Detail = fmt.Sprintf("the request took longer than %s, the server's limit; retry later", s.cfg.RequestTimeout)
+		} else {
+			p.Detail = fmt.Sprintf("the server is busy: no database connection came free within %s; retry later", s.cfg.AcquireTimeout)
+		}
+		s.overload.note(r.Context(), s.log)
+		s.log.DebugContext(r.Context(), "request failed: out of time", "method", r.Method, "path", r.URL.Path, "detail", p.Detail, "err", p.cause)
 	case p.Status == http.StatusServiceUnavailable:
 		s.log.WarnContext(r.Context(), "request failed: unavailable", "method", r.Method, "path", r.URL.Path, "detail", p.Detail, "err", p.cause)
 	case p.Status >= 500:

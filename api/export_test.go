@@ -9,3 +9,13 @@ func Routes() [][2]string {
 	}
 	return out
 }
+
+// RouteAccess returns who may call each route ("METHOD path"): public,
+// reader or operator, from the route table.
+func RouteAccess() map[string]string {
+	out := map[string]string{}
+	for _, rt := range routeTable() {
+		out[rt.method+" "+rt.path] = map[access]string{public: "public", reader: "reader", operator: "operator"}[rt.access]
+	}
+	return out
+}

@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"net/http"
+	"os"
 	"regexp"
 	"slices"
 	"sort"
@@ -224,5 +225,42 @@ func TestOpenAPIAmountExamples(t *testing.T) {
 				t.Errorf("GET answered amount %v, placed %v", o.Amount, ex)
 			}
 		})
+	}
+}
+
+// The document's security matches the route table: operator routes need
+// the bearer token, reader routes may (with --protect-reads), public routes
+// none; and every route that may need one documents 401 and 403.
+func TestOpenAPISecurityMatchesRoutes(t *testing.T) {
+	t.Parallel()
+	b, err := os.ReadFile("openapi.json")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var raw map[string]any
+	if err := json.Unmarshal(b, &raw); err != nil {
+		t.Fatal(err)
+	}
+	if resolve(raw, "#/components/securitySchemes/bearerAuth") == nil {
+		t.Fatal("no bearerAuth security scheme")
+	}
+	want := map[string]string{"public": `null`, "reader": `[{},{"bearerAuth":[]}]`, "operator": `[{"bearerAuth":[]}]`}
+	for route, access := range api.RouteAccess() {
+		method, path, _ := strings.Cut(route, " ")
+		op, _ := resolve(raw, "#/paths/"+strings.ReplaceAll(path, "/", "~1")+"/"+strings.ToLower(method)).(map[string]any)
+		if op == nil {
+			t.Errorf("%s is not documented", route)
+			continue
+		}
+		got, _ := json.Marshal(op["security"])
+		if string(got) != want[access] {
+			t.Errorf("%s (%s): security %s, want %s", route, access, got, want[access])
+		}
+		responses, _ := op["responses"].(map[string]any)
+		for _, code := range []string{"401", "403"} {
+			if _, ok := responses[code]; ok != (access != "public") {
+				t.Errorf("%s (%s): response %s documented: %v", route, access, code, ok)
+			}
+		}
 	}
 }

@@ -495,7 +495,7 @@ func freePort(t *testing.T) uint16 {
 
 func TestDatabaseDown(t *testing.T) {
 	t.Parallel()
-	e := setup(t, func(e *env, cfg *api.Config) {
+	e := setup(t, operators(t), func(e *env, cfg *api.Config) {
 		pc, err := pgxpool.ParseConfig(e.pool.Config().ConnString())
 		if err != nil {
 			t.Fatal(err)
@@ -529,7 +529,8 @@ func TestDatabaseDown(t *testing.T) {
 		{http.MethodGet, "/readyz", ""},
 	} {
 		t.Run(req.method+" "+req.path, func(t *testing.T) {
-			res := e.do(req.method, req.path, req.body, "Content-Type", "application/json", api.HeaderIdempotencyKey, "k")
+			res := e.do(req.method, req.path, req.body, "Content-Type", "application/json", api.HeaderIdempotencyKey, "k",
+				"Authorization", "Bearer "+aliceToken)
 			p := res.problem(t, http.StatusServiceUnavailable)
 			if p.Type != api.TypeUnavailable || res.header.Get("Retry-After") == "" {
 				t.Errorf("problem %+v, Retry-After %q", p, res.header.Get("Retry-After"))

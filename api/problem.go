@@ -44,8 +44,16 @@ const (
 	// TypeConflict (409): the saga is not in a state that allows the action.
 	TypeConflict = "urn:sagaflow:problem:conflict"
 	// TypeUnavailable (503): the database (or, for /readyz, Kafka) cannot be
-	// reached; retry later.
+	// reached, or the server is overloaded (too many requests in flight, no
+	// database connection free in time, a request out of time); retry later.
 	TypeUnavailable = "urn:sagaflow:problem:unavailable"
+	// TypeUnauthorized (401): the route needs an operator token and the
+	// request has no Authorization: Bearer header, or a malformed one
+	// (WWW-Authenticate says so).
+	TypeUnauthorized = "urn:sagaflow:problem:unauthorized"
+	// TypeForbidden (403): the bearer token is not an operator token of the
+	// server, or the server has none (operator actions are off).
+	TypeForbidden = "urn:sagaflow:problem:forbidden"
 	// TypeInternal (500): a bug; the server logged it.
 	TypeInternal = "urn:sagaflow:problem:internal"
 )
@@ -87,8 +95,11 @@ func writeProblem(w http.ResponseWriter, r *http.Request, p *Problem) {
 	if p.Field == "" && len(p.Errors) > 0 {
 		p.Field = p.Errors[0].Field
 	}
-	if p.Status == http.StatusServiceUnavailable {
+	switch p.Status {
+	case http.StatusServiceUnavailable:
 		w.Header().Set("Retry-After", "1")
+	case http.StatusUnauthorized:
+		w.Header().Set("WWW-Authenticate", BearerChallenge)
 	}
 	writeJSONType(w, ContentTypeProblem, p.Status, p)
 }

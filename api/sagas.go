@@ -299,7 +299,9 @@ type ResolveRequest struct {
 
 // retrySaga is POST /sagas/{id}/retry.
 func (s *server) retrySaga(w http.ResponseWriter, r *http.Request) error {
-	return s.operate(w, r, func(ctx context.Context, id uuid.UUID) error {
+	return s.operate(w, r, "retry", func(ctx context.Context, id uuid.UUID) error {
+		// The engine's retry entry takes no text: who retried is in the
+		// log line of operate, not in the saga's history.
 		_, err := s.cfg.Engine.Retry(ctx, id)
 		return err
 	})
@@ -324,15 +326,26 @@ func (s *server) resolveSaga(w http.ResponseWriter, r *http.Request) error {
 		return &Problem{Type: TypeValidation, Title: "Unprocessable Content", Status: http.StatusUnprocessableEntity,
 			Detail: "note " + reason, Errors: []order.FieldError{{Field: "note", Reason: reason}}}
 	}
-	return s.operate(w, r, func(ctx context.Context, id uuid.UUID) error {
-		_, err := s.cfg.Engine.Resolve(ctx, id, req.Note)
+	return s.operate(w, r, "resolve", func(ctx context.Context, id uuid.UUID) error {
+		_, err := s.cfg.Engine.Resolve(ctx, id, resolutionNote(operatorName(ctx), req.Note))
 		return err
 	})
 }
 
+// resolutionNote is the reason the history keeps for a resolution: the
+// operator's note, after the name of who resolved (the engine has no field
+// for it).
+func resolutionNote(who, note string) string {
+	if who == "" {
+		return note
+	}
+	return "operator " + who + ": " + note
+}
+
 // operate runs an operator action on saga {id} (or the saga of order {id})
-// and answers the saga as it is afterwards.
-func (s *server) operate(w http.ResponseWriter, r *http.Request, action func(ctx context.Context, id uuid.UUID) error) error {
+// and answers the saga as it is afterwards. Every attempt that reaches a
+// saga is logged with who made it.
+func (s *server) operate(w http.ResponseWriter, r *http.Request, name string, action func(ctx context.Context, id uuid.UUID) error) error {
 	ctx := r.Context()
 	id, err := pathID(r)
 	if err != nil {
@@ -351,9 +364,17 @@ func (s *server) operate(w http.ResponseWriter, r *http.Request, action func(ctx
 		sagaID = o.SagaID
 		err = action(ctx, sagaID)
 	}
+	outcome := "done"
 	switch {
 	case errors.Is(err, saga.ErrNotFound):
 		return notFound(fmt.Sprintf("no saga has id %s", sagaID))
+	case errors.Is(err, saga.ErrConflict):
+		outcome = "refused: " + err.Error()
+	case err != nil:
+		outcome = "failed"
+	}
+	s.log.InfoContext(ctx, "operator action", "action", name, "saga", sagaID, "operator", operatorName(ctx), "outcome", outcome)
+	switch {
 	case errors.Is(err, saga.ErrConflict):
 		return &Problem{Type: TypeConflict, Title: "Conflict", Status: http.StatusConflict,
 			Detail: strings.TrimSuffix(err.Error(), ": "+saga.ErrConflict.Error())}

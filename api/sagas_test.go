@@ -261,10 +261,11 @@ func TestListSagasRejectsBadParameters(t *testing.T) {
 
 func TestRetryAndResolve(t *testing.T) {
 	t.Parallel()
-	e := setup(t)
+	e := setup(t, operators(t))
 	a := e.mustPlace("a", orderJSON(t))
 	b := e.mustPlace("b", orderJSON(t, set("customer_id", "other")))
-	jsonCT := []string{"Content-Type", "application/json"}
+	auth := []string{"Authorization", "Bearer " + aliceToken}
+	jsonCT := append([]string{"Content-Type", "application/json"}, auth...)
 	note := `{"note": "released the reservation by hand"}`
 
 	// Not stuck: 409.
@@ -291,7 +292,7 @@ func TestRetryAndResolve(t *testing.T) {
 		{`{"note": "x"`, "application/json", 400, ""},
 		{note, "text/plain", 415, "Content-Type"},
 	} {
-		p := e.do(http.MethodPost, "/sagas/"+a.SagaID.String()+"/resolve", tc.body, "Content-Type", tc.contentType).problem(t, tc.status)
+		p := e.do(http.MethodPost, "/sagas/"+a.SagaID.String()+"/resolve", tc.body, append([]string{"Content-Type", tc.contentType}, auth...)...).problem(t, tc.status)
 		if p.Field != tc.field {
 			t.Errorf("resolve %s: field %q, want %q", tc.body, p.Field, tc.field)
 		}
@@ -311,7 +312,7 @@ func TestRetryAndResolve(t *testing.T) {
 	}
 	found := false
 	for _, h := range s.History {
-		if h.Event == saga.EventOperatorResolved && h.Reason == "released the reservation by hand" {
+		if h.Event == saga.EventOperatorResolved && h.Reason == "operator alice: released the reservation by hand" {
 			found = true
 		}
 	}
@@ -326,7 +327,7 @@ func TestRetryAndResolve(t *testing.T) {
 	e.do(http.MethodPost, "/sagas/"+a.SagaID.String()+"/resolve", note, jsonCT...).problem(t, http.StatusConflict)
 
 	// Stuck: retry (by order id) resends the compensation.
-	res = e.do(http.MethodPost, "/sagas/"+b.OrderID.String()+"/retry", "")
+	res = e.do(http.MethodPost, "/sagas/"+b.OrderID.String()+"/retry", "", auth...)
 	if res.status != http.StatusOK {
 		t.Fatalf("retry: %d: %s", res.status, res.body)
 	}
@@ -342,5 +343,5 @@ func TestRetryAndResolve(t *testing.T) {
 	if releases != 1 {
 		t.Errorf("%d release commands after the retry, want 1", releases)
 	}
-	e.do(http.MethodPost, "/sagas/"+b.SagaID.String()+"/retry", "").problem(t, http.StatusConflict)
+	e.do(http.MethodPost, "/sagas/"+b.SagaID.String()+"/retry", "", auth...).problem(t, http.StatusConflict)
 }

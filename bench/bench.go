@@ -277,6 +277,10 @@ func run(ctx context.Context, cfg *Config, e *env) (*Report, error) {
 		CPU: win.results(), CPUProfile: win.profile, Postgres: win.pg,
 	}
 	rep.Unfinished = rep.Placed - rep.Ended
+	if hp, ok := e.placer.(*httpPlacer); ok && hp.rejected.Count() > 0 {
+		rejected := hp.rejected.Summary()
+		rep.Rejected = &rejected
+	}
 	if cfg.Rate > 0 {
 		rep.Loop, rep.Rate = "open", cfg.Rate
 		rep.Unsent = t.unsent.Load()

@@ -102,6 +102,9 @@ type httpPlacer struct {
 	client *http.Client
 	url    string
 	bodies [kinds][][]byte // by kind and SKU
+	// rejected times every 503 and 429 answer (an overloaded API's: each
+	// is retried), from the request's send to its answer.
+	rejected Histogram
 }
 
 func newHTTPPlacer(base string, skus int) *httpPlacer {
@@ -152,6 +155,7 @@ func (p *httpPlacer) post(ctx context.Context, key string, body []byte) (id uuid
 	}
 	req.Header.Set("Content-Type", "application/json")
 	req.Header.Set(api.HeaderIdempotencyKey, key)
+	sent := time.Now()
 	resp, err := p.client.Do(req)
 	if err != nil {
 		return uuid.Nil, ctx.Err() == nil, fmt.Errorf("POST %s: %w", p.url, err)
@@ -160,6 +164,9 @@ func (p *httpPlacer) post(ctx context.Context, key string, body []byte) (id uuid
 	resp.Body.Close()
 	if err != nil {
 		return uuid.Nil, true, fmt.Errorf("POST %s: read answer: %w", p.url, err)
+	}
+	if resp.StatusCode == http.StatusServiceUnavailable || resp.StatusCode == http.StatusTooManyRequests {
+		p.rejected.Record(time.Since(sent))
 	}
 	if resp.StatusCode != http.StatusAccepted && resp.StatusCode != http.StatusOK {
 		retry := resp.StatusCode >= 500 || resp.StatusCode == http.StatusTooManyRequests

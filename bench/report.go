@@ -42,6 +42,10 @@ type Report struct {
 	Latency Latency `json:"latency"`
 	// Post is the time the API (or the in-process call) took to answer.
 	Post Latency `json:"post_latency"`
+	// Rejected are the API's 503 and 429 answers over the whole run, warm-up
+	// included (an overloaded API sheds load; each was retried with the same
+	// Idempotency-Key), timed from send to answer; nil when there were none.
+	Rejected *Latency `json:"rejected,omitempty"`
 	// Stages split the confirmed sagas' latency into legs (see Stage).
 	Stages []Stage `json:"stages,omitempty"`
 
@@ -149,6 +153,10 @@ func (r *Report) PrintTable(w io.Writer) error {
 	row("latency max", "%.1f ms", r.Latency.Max)
 	row("latency mean", "%.1f ms", r.Latency.Mean)
 	row("placement answer p50 / p99", "%.1f / %.1f ms", r.Post.P50, r.Post.P99)
+	if r.Rejected != nil {
+		row("rejected (503/429, retried)", "%d, answered in p50 %.1f / p99 %.1f / max %.1f ms",
+			r.Rejected.Count, r.Rejected.P50, r.Rejected.P99, r.Rejected.Max)
+	}
 	for _, s := range r.Stages {
 		row("  "+s.Name, "p50 %.1f / p99 %.1f ms", s.Latency.P50, s.Latency.P99)
 	}

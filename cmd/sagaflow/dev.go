@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"crypto/rand"
 	"fmt"
 	"io"
 	"log/slog"
@@ -9,9 +10,8 @@ import (
 	"path/filepath"
 
 	"github.com/jackc/pgx/v5"
-	"github.com/jackc/pgx/v5/pgxpool"
 
-	"github.com/sagaflow/sagaflow/internal/dbpool"
+	"github.com/sagaflow/sagaflow/api"
 	"github.com/sagaflow/sagaflow/internal/pgserver"
 	"github.com/sagaflow/sagaflow/internal/roles"
 	"github.com/sagaflow/sagaflow/kafkax"
@@ -33,7 +33,16 @@ func runDev(ctx context.Context, args []string, stdout io.Writer) error {
 	outboxMode := fs.String("outbox", "wal", "how the relay learns of committed outbox rows: wal (logical replication) or poll")
 	var sf sagaFlags
 	sf.register(fs)
+	var af apiFlags
+	af.register(fs)
 	if err := parse(fs, args); err != nil {
+		return err
+	}
+	if err := af.check(); err != nil {
+		return err
+	}
+	tokens, devToken, err := devOperators()
+	if err != nil {
 		return err
 	}
 	mode, err := outbox.ParseMode(*outboxMode)
@@ -73,22 +82,23 @@ func runDev(ctx context.Context, args []string, stdout io.Writer) error {
 	defer kafka.Close()
 	kcfg := kafkax.Config{Brokers: kafka.Brokers(), Partitions: int32(*partitions), ReplicationFactor: 1, ClientID: "sagaflow-dev"}
 
-	pcfg, err := pgxpool.ParseConfig(dbURL)
+	pool, err := openPool(ctx, dbURL, 0)
 	if err != nil {
-		return fmt.Errorf("database URL: %w", err)
-	}
-	dbpool.Configure(pcfg)
-	pool, err := pgxpool.NewWithConfig(ctx, pcfg)
-	if err != nil {
-		return fmt.Errorf("open database pool: %w", err)
+		return err
 	}
 	defer pool.Close()
+	apiPool, err := openPool(ctx, dbURL, int32(af.dbMaxConns))
+	if err != nil {
+		return err
+	}
+	defer apiPool.Close()
 	if err := steps.SeedStock(ctx, pool, demoStock); err != nil {
 		return err
 	}
 	stack, err := roles.New(roles.Config{
 		Pool: pool, Kafka: kcfg, Topics: kafkax.DefaultTopics(), Roles: []string{roles.All}, HTTPAddr: *httpAddr,
 		Saga: sf.config(), DeliveryStallAfter: sf.stallAfter, AllowInjection: true, Crash: crash, OutboxMode: mode,
+		APIPool: apiPool, OperatorTokens: tokens, MaxInFlight: af.maxInFlight,
 	})
 	if err != nil {
 		return err
@@ -109,11 +119,37 @@ func runDev(ctx context.Context, args []string, stdout io.Writer) error {
 	fmt.Fprintf(stdout, "Place an order:\n  curl -s -X POST http://%s/orders -H 'Content-Type: application/json' -H \"Idempotency-Key: $(date +%%s%%N)\" \\\n    -d '%s'\n\n", stack.Addr, demoOrder)
 	fmt.Fprintf(stdout, "Read its status (paste the order_id or saga_id from the answer):\n  curl -s http://%s/orders/ORDER_ID\n  curl -s http://%s/sagas/SAGA_ID\n", stack.Addr, stack.Addr)
 	fmt.Fprintf(stdout, "  sagaflow status SAGA_ID --database-url '%s'\n\n", dbURL)
+	if devToken != "" {
+		fmt.Fprintf(stdout, "Operator actions on a stuck saga need the operator token generated for this run (operator \"dev\"):\n")
+		fmt.Fprintf(stdout, "  curl -s -X POST http://%s/sagas/SAGA_ID/retry -H 'Authorization: Bearer %s'\n\n", stack.Addr, devToken)
+	} else {
+		fmt.Fprintf(stdout, "Operator actions on a stuck saga need a token of $%s (operators: %s).\n\n", api.EnvOperatorTokens, describeOperators(tokens))
+	}
 	fmt.Fprintf(stdout, "Refusals: add \"inject\": {\"payment\": \"refuse\"} to the body (or put 99 of sku-2 in the items) to watch a saga compensate.\n")
 
 	err = <-done
 	fmt.Fprintln(stdout, "stopped")
 	return err
+}
+
+// devOperators are the operator tokens of `sagaflow dev`: those of
+// $SAGAFLOW_OPERATOR_TOKENS when it is set, else one generated for this
+// run, for operator "dev", which is returned so that the banner can show
+// it (dev is for one developer's machine; serve never shows a token).
+func devOperators() (tokens *api.Tokens, generated string, err error) {
+	if list := os.Getenv(api.EnvOperatorTokens); list != "" {
+		tokens, err = api.ParseTokenList(list)
+		if err != nil {
+			return nil, "", fmt.Errorf("%s: %w", api.EnvOperatorTokens, err)
+		}
+		return tokens, "", nil
+	}
+	generated = rand.Text()
+	tokens, err = api.ParseTokenList("dev:" + generated)
+	if err != nil {
+		return nil, "", fmt.Errorf("generate an operator token: %w", err)
+	}
+	return tokens, generated, nil
 }
 
 // demoStock is what `sagaflow dev` puts on the shelves.

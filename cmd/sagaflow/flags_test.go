@@ -5,6 +5,8 @@ import (
 	"flag"
 	"io"
 	"os"
+	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 )
@@ -84,5 +86,66 @@ func unsetenv(t *testing.T, name string) {
 	t.Helper()
 	if err := os.Unsetenv(name); err != nil {
 		t.Fatal(err)
+	}
+}
+
+// serve refuses an operator setup it cannot honour before it opens
+// anything: --protect-reads without tokens, a token file or variable with
+// a bad entry (named by its line or entry, the token never shown), and
+// API limits that would refuse everything.
+func TestServeChecksOperatorTokensAndLimits(t *testing.T) {
+	dir := t.TempDir()
+	bad := filepath.Join(dir, "tokens")
+	if err := os.WriteFile(bad, []byte("# operators\nalice:alice-secret-0123456789\nbob\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		name string
+		env  string // $SAGAFLOW_OPERATOR_TOKENS
+		args []string
+		want string
+	}{
+		{name: "protect reads without tokens", args: []string{"--protect-reads"}, want: "--protect-reads needs operator tokens"},
+		{name: "bad line in the file", args: []string{"--operator-tokens", bad}, want: bad + ": line 3"},
+		{name: "missing file", args: []string{"--operator-tokens", filepath.Join(dir, "none")}, want: "operator tokens"},
+		{name: "bad entry in the variable", env: "alice:alice-secret-0123456789,bob:short", want: "SAGAFLOW_OPERATOR_TOKENS: entry 2"},
+		{name: "no API connections", args: []string{"--api-db-max-conns", "0"}, want: "--api-db-max-conns"},
+		{name: "no request in flight", args: []string{"--max-inflight", "0"}, want: "--max-inflight"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Setenv("KAFKA_BROKERS", "unset")
+			unsetenv(t, "KAFKA_BROKERS")
+			t.Setenv("SAGAFLOW_OPERATOR_TOKENS", tc.env)
+			// A database that is not there: the check must come first.
+			args := append([]string{"--database-url", "postgres://nobody@127.0.0.1:1/none", "--role", "api"}, tc.args...)
+			err := runServe(t.Context(), args, io.Discard)
+			if err == nil || !strings.Contains(err.Error(), tc.want) {
+				t.Fatalf("error %v, want one saying %q", err, tc.want)
+			}
+			if strings.Contains(err.Error(), "alice-secret") {
+				t.Errorf("the error shows a token: %v", err)
+			}
+		})
+	}
+}
+
+// dev generates an operator token for its run, unless the environment
+// gives tokens.
+func TestDevOperators(t *testing.T) {
+	t.Setenv("SAGAFLOW_OPERATOR_TOKENS", "")
+	tokens, secret, err := devOperators()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if name, ok := tokens.Lookup(secret); !ok || name != "dev" || tokens.Len() != 1 || len(secret) < 16 {
+		t.Fatalf("generated %d tokens; %q names %q (%v)", tokens.Len(), secret, name, ok)
+	}
+	if _, again, _ := devOperators(); again == secret {
+		t.Error("two runs got the same token")
+	}
+	t.Setenv("SAGAFLOW_OPERATOR_TOKENS", "ann:ann-secret-0123456789")
+	tokens, secret, err = devOperators()
+	if err != nil || secret != "" || !slices.Equal(tokens.Names(), []string{"ann"}) {
+		t.Fatalf("with the variable set: %v, generated %q, operators %q", err, secret, tokens.Names())
 	}
 }

@@ -7,11 +7,13 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"slices"
 	"strings"
 	"time"
 
 	"github.com/jackc/pgx/v5/pgxpool"
 
+	"github.com/sagaflow/sagaflow/api"
 	"github.com/sagaflow/sagaflow/internal/dbpool"
 	"github.com/sagaflow/sagaflow/internal/roles"
 	"github.com/sagaflow/sagaflow/kafkax"
@@ -80,6 +82,14 @@ func (c *commonFlags) pool(ctx context.Context, maxConns int32) (*pgxpool.Pool, 
 	if url == "" {
 		return nil, errors.New("no database: set DATABASE_URL or pass --database-url postgres://user@host:port/db")
 	}
+	return openPool(ctx, url, maxConns)
+}
+
+// openPool opens a pool of at most maxConns connections (0: pgxpool's
+// default) on the database at url, set up as every Sagaflow pool is
+// (dbpool.Configure) and able to bound the API's waits for a connection
+// (dbpool.BoundAcquire), and checks that the database answers.
+func openPool(ctx context.Context, url string, maxConns int32) (*pgxpool.Pool, error) {
 	cfg, err := pgxpool.ParseConfig(url)
 	if err != nil {
 		return nil, fmt.Errorf("bad --database-url: %w", err)
@@ -88,6 +98,9 @@ func (c *commonFlags) pool(ctx context.Context, maxConns int32) (*pgxpool.Pool, 
 		cfg.MaxConns = maxConns
 	}
 	dbpool.Configure(cfg)
+	if err := dbpool.BoundAcquire(cfg); err != nil {
+		return nil, err
+	}
 	pool, err := pgxpool.NewWithConfig(ctx, cfg)
 	if err != nil {
 		return nil, fmt.Errorf("open database pool: %w", err)
@@ -99,6 +112,53 @@ func (c *commonFlags) pool(ctx context.Context, maxConns int32) (*pgxpool.Pool, 
 		return nil, fmt.Errorf("database unreachable at %s: %w", redact(url), err)
 	}
 	return pool, nil
+}
+
+// apiFlags bound the API's work (serve and dev).
+type apiFlags struct {
+	maxInFlight int
+	dbMaxConns  int
+}
+
+// defaultAPIDBMaxConns is the default size of the API's own pool: a
+// placement holds a connection for a few milliseconds, so 8 serve well
+// over a thousand a second.
+const defaultAPIDBMaxConns = 8
+
+func (a *apiFlags) register(fs *flag.FlagSet) {
+	fs.IntVar(&a.maxInFlight, "max-inflight", api.DefaultMaxInFlight,
+		"requests the API handles at once; beyond them it answers 503 with Retry-After: 1 at once (/healthz and /readyz exempt; negative: no bound)")
+	fs.IntVar(&a.dbMaxConns, "api-db-max-conns", defaultAPIDBMaxConns,
+		"size of the API's own database pool, apart from --db-max-conns, so that the other roles cannot take every connection the API needs")
+}
+
+func (a *apiFlags) check() error {
+	if a.dbMaxConns < 1 {
+		return fmt.Errorf("--api-db-max-conns %d: the API needs at least one connection", a.dbMaxConns)
+	}
+	if a.maxInFlight == 0 {
+		return errors.New("--max-inflight 0 would refuse every request: give a bound, or a negative number for none")
+	}
+	return nil
+}
+
+// servesAPI reports whether the roles include the API.
+func servesAPI(names []string) bool {
+	return slices.Contains(names, roles.API) || slices.Contains(names, roles.All)
+}
+
+// operatorTokens loads the operator tokens of --operator-tokens FILE and of
+// $SAGAFLOW_OPERATOR_TOKENS.
+func operatorTokens(file string) (*api.Tokens, error) {
+	return api.LoadTokens(file, os.Getenv(api.EnvOperatorTokens))
+}
+
+// describeOperators says, without a token, who may call operator actions.
+func describeOperators(tokens *api.Tokens) string {
+	if tokens.Len() == 0 {
+		return "none: operator actions are refused (give tokens with --operator-tokens FILE or $" + api.EnvOperatorTokens + ")"
+	}
+	return strings.Join(tokens.Names(), ", ")
 }
 
 func redact(url string) string {
@@ -166,7 +226,12 @@ func runServe(ctx context.Context, args []string, stdout io.Writer) error {
 	outboxMode := fs.String("outbox", env("SAGAFLOW_OUTBOX", "auto"), "how the relay learns of committed outbox rows: wal (a logical replication slot; needs wal_level=logical and a REPLICATION role), poll (reads the tables in a loop), or auto (wal where the database allows it)")
 	duplicate := fs.Bool("duplicate-relay", false, "publish every outbox row twice (test switch: proves the inboxes absorb duplicates)")
 	migrate := fs.Bool("migrate", false, "apply migrations before starting")
-	maxConns := fs.Int("db-max-conns", 16, "database pool size")
+	maxConns := fs.Int("db-max-conns", 16, "database pool size (of every role but the API's placements and reads: --api-db-max-conns)")
+	var af apiFlags
+	af.register(fs)
+	tokenFile := fs.String("operator-tokens", "", "file of operator tokens, one name:token a line (# comments); the API's operator actions need one, "+
+		"and the name is recorded as who acted; $"+api.EnvOperatorTokens+" may hold more (name:token, comma separated). None: operator actions are refused")
+	protectReads := fs.Bool("protect-reads", false, "the API's reads (GET /orders/{id}, GET /sagas…) need an operator token too (POST /orders, /healthz, /readyz stay open)")
 	metricsAddr := fs.String("metrics", env("SAGAFLOW_METRICS", ""), "serve Prometheus metrics at http://ADDR/metrics (e.g. 127.0.0.1:9090); off when empty")
 	instanceID := fs.String("instance-id", env("SAGAFLOW_INSTANCE_ID", ""), "stable id of this instance (e.g. a pod name): static consumer-group membership, so a restart takes its partitions back at once")
 	if err := parse(fs, args); err != nil {
@@ -186,6 +251,17 @@ func runServe(ctx context.Context, args []string, stdout io.Writer) error {
 	if len(injected) > 0 && !*allowInjection {
 		return errors.New("--inject needs --allow-fault-injection: failure injection is never on by accident")
 	}
+	if err := af.check(); err != nil {
+		return err
+	}
+	tokens, err := operatorTokens(*tokenFile)
+	if err != nil {
+		return err
+	}
+	if *protectReads && tokens.Len() == 0 {
+		return errors.New("--protect-reads needs operator tokens: give them with --operator-tokens FILE (one name:token a line) or $" + api.EnvOperatorTokens)
+	}
+	roleNames := strings.Split(*role, ",")
 	if *migrate {
 		if err := runMigrate(ctx, []string{"--database-url", c.dbURL()}, stdout); err != nil {
 			return err
@@ -196,15 +272,23 @@ func runServe(ctx context.Context, args []string, stdout io.Writer) error {
 		return err
 	}
 	defer pool.Close()
+	var apiPool *pgxpool.Pool
+	if servesAPI(roleNames) {
+		if apiPool, err = c.pool(ctx, int32(af.dbMaxConns)); err != nil {
+			return err
+		}
+		defer apiPool.Close()
+	}
 	kcfg := c.kafka("sagaflow-" + strings.ReplaceAll(*role, ",", "-"))
 	kcfg.InstanceID = *instanceID
 	if err := kcfg.Ping(ctx); err != nil {
 		return err
 	}
 	stack, err := roles.New(roles.Config{
-		Pool: pool, Kafka: kcfg, Topics: c.topics(), Roles: strings.Split(*role, ","), HTTPAddr: *httpAddr,
+		Pool: pool, Kafka: kcfg, Topics: c.topics(), Roles: roleNames, HTTPAddr: *httpAddr,
 		Saga: sf.config(), DeliveryStallAfter: sf.stallAfter, AllowInjection: *allowInjection, Inject: injected, DuplicateRelay: *duplicate,
 		OutboxMode: mode, Crash: crash, MetricsAddr: *metricsAddr,
+		APIPool: apiPool, OperatorTokens: tokens, ProtectReads: *protectReads, MaxInFlight: af.maxInFlight,
 	})
 	if err != nil {
 		return err
@@ -215,6 +299,7 @@ func runServe(ctx context.Context, args []string, stdout io.Writer) error {
 			fmt.Fprintf(stdout, "sagaflow serve: roles %s running (pid %d)\n", *role, os.Getpid())
 			if stack.Addr != "" {
 				fmt.Fprintf(stdout, "  API at http://%s\n", stack.Addr)
+				fmt.Fprintf(stdout, "  operators: %s\n", describeOperators(tokens))
 			}
 		case <-ctx.Done():
 		}

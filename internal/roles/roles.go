@@ -81,6 +81,24 @@ type Config struct {
 	// MetricsAddr, when set, serves Prometheus metrics at /metrics there.
 	MetricsAddr string
 	Logger      *slog.Logger
+
+	// APIPool, when set, is the API's own database pool (placements, reads),
+	// so that the other roles' work — participants retrying against a sick
+	// database — cannot take every connection the API needs (default: Pool).
+	// Set it up with dbpool.BoundAcquire, so that AcquireTimeout applies.
+	// Operator actions run on the engine, on Pool.
+	APIPool *pgxpool.Pool
+	// OperatorTokens may call the API's operator actions (api.Config's
+	// Operators; none refuses them).
+	OperatorTokens *api.Tokens
+	// ProtectReads puts the API's reads behind an operator token.
+	ProtectReads bool
+	// MaxInFlight, RequestTimeout and AcquireTimeout bound the API's work
+	// (api.Config's; zero takes its defaults). The HTTP server's read and
+	// write timeouts follow RequestTimeout.
+	MaxInFlight    int
+	RequestTimeout time.Duration
+	AcquireTimeout time.Duration
 }
 
 // Stack is a set of running roles.
@@ -267,11 +285,14 @@ func (s *Stack) Run(ctx context.Context) error {
 			}
 		}
 		s.Addr = ln.Addr().String()
-		srv := &http.Server{
-			Handler: api.New(api.Config{Pool: cfg.Pool, Orders: s.Orders, Engine: s.Engine, Logger: log, Injection: injection,
-				Ready: func(ctx context.Context) error { return cfg.Kafka.Ping(ctx) }}),
-			ReadHeaderTimeout: 5 * time.Second,
+		pool, orders := cfg.Pool, s.Orders
+		if cfg.APIPool != nil {
+			pool, orders = cfg.APIPool, order.NewService(cfg.APIPool, s.Engine, cfg.Topics.OrderEvents)
 		}
+		srv := newAPIServer(api.Config{Pool: pool, Orders: orders, Engine: s.Engine, Logger: log, Injection: injection,
+			Ready:     func(ctx context.Context) error { return cfg.Kafka.Ping(ctx) },
+			Operators: cfg.OperatorTokens, ProtectReads: cfg.ProtectReads,
+			MaxInFlight: cfg.MaxInFlight, RequestTimeout: cfg.RequestTimeout, AcquireTimeout: cfg.AcquireTimeout})
 		goRun("api", func(ctx context.Context) error {
 			go func() {
 				<-ctx.Done()
