@@ -62,6 +62,7 @@ import (
 	"log/slog"
 	"net/http"
 	"runtime/debug"
+	"sync"
 	"time"
 
 	"github.com/jackc/pgx/v5/pgxpool"
@@ -90,6 +91,16 @@ const (
 	// rather than being refused, but bounded, so that an overload is
 	// answered rather than queued without end.
 	DefaultMaxInFlight = 256
+	// DefaultMaxSagasInFlight is the default admission bound of
+	// placements. At the few hundred sagas a second a small machine
+	// finishes, a thousand in flight is a few seconds of work per step:
+	// within the first attempt's 5 s timeout. Size it to about throughput
+	// times the step timeout.
+	DefaultMaxSagasInFlight = 1000
+	// DefaultSagaCountInterval is how old the count of sagas in flight may
+	// be when a placement is admitted: one cheap count per interval, not
+	// one per placement.
+	DefaultSagaCountInterval = 250 * time.Millisecond
 )
 
 // Config is what the API needs.
@@ -140,6 +151,18 @@ type Config struct {
 	// dbpool.BoundAcquire (serve and dev set up the API's pool so); on
 	// another pool only RequestTimeout bounds the wait.
 	AcquireTimeout time.Duration
+	// MaxSagasInFlight is admission control: while more sagas than this
+	// are running or compensating, POST /orders is answered 503 with
+	// Retry-After (a replay of a placed order is still answered). Requests
+	// in flight measure the API; this measures the pipeline behind it,
+	// where an overload piles up as consumer lag until step deadlines
+	// cancel orders that would have succeeded. Default
+	// DefaultMaxSagasInFlight; negative: no bound.
+	MaxSagasInFlight int
+	// SagaCountInterval is how often the count behind MaxSagasInFlight is
+	// refreshed (default DefaultSagaCountInterval; negative: on every
+	// placement).
+	SagaCountInterval time.Duration
 }
 
 // server holds the handlers' dependencies.
@@ -150,6 +173,12 @@ type server struct {
 	inflight chan struct{}
 	// overload summarises the requests answered 503 for overload.
 	overload overloadLog
+	// sagas caches the count of sagas in flight for admission.
+	sagas struct {
+		mu sync.Mutex
+		at time.Time
+		n  int64
+	}
 }
 
 // handlerFunc is a handler that reports failure as an error: a *Problem is
@@ -219,6 +248,12 @@ func New(cfg Config) http.Handler {
 	}
 	if cfg.AcquireTimeout <= 0 {
 		cfg.AcquireTimeout = DefaultAcquireTimeout
+	}
+	if cfg.MaxSagasInFlight == 0 {
+		cfg.MaxSagasInFlight = DefaultMaxSagasInFlight
+	}
+	if cfg.SagaCountInterval == 0 {
+		cfg.SagaCountInterval = DefaultSagaCountInterval
 	}
 	if cfg.MaxInFlight == 0 {
 		cfg.MaxInFlight = DefaultMaxInFlight

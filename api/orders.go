@@ -1,6 +1,7 @@
 package api
 
 import (
+	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -8,10 +9,12 @@ import (
 	"net/http"
 	"reflect"
 	"slices"
+	"time"
 
 	"github.com/google/uuid"
 
 	"github.com/sagaflow/sagaflow/order"
+	"github.com/sagaflow/sagaflow/saga"
 )
 
 // Headers of POST /orders.
@@ -136,6 +139,9 @@ func (s *server) placeOrder(w http.ResponseWriter, r *http.Request) error {
 		return &Problem{Type: TypeValidation, Title: "Unprocessable Content", Status: http.StatusUnprocessableEntity,
 			Detail: detail, Errors: errs}
 	}
+	if err := s.admit(r.Context(), key); err != nil {
+		return err
+	}
 	placed, err := s.cfg.Orders.Place(r.Context(), key, req)
 	if errors.Is(err, order.ErrIdempotencyConflict) {
 		return &Problem{Type: TypeIdempotencyConflict, Title: "Conflict", Status: http.StatusConflict,
@@ -153,6 +159,49 @@ func (s *server) placeOrder(w http.ResponseWriter, r *http.Request) error {
 	}
 	writeJSON(w, http.StatusAccepted, resp)
 	return nil
+}
+
+// admit refuses a new placement while more sagas than MaxSagasInFlight are
+// in flight; a replay of a placed order is always answered.
+func (s *server) admit(ctx context.Context, key string) error {
+	limit := s.cfg.MaxSagasInFlight
+	if limit < 0 {
+		return nil
+	}
+	n, err := s.sagasInFlight(ctx)
+	if err != nil {
+		return storeError(err)
+	}
+	if n < int64(limit) {
+		return nil
+	}
+	used, err := order.KeyUsed(ctx, s.cfg.Pool, key)
+	if err != nil {
+		return storeError(err)
+	}
+	if used {
+		return nil
+	}
+	s.overload.note(ctx, s.log)
+	return &Problem{Type: TypeUnavailable, Title: "Service Unavailable", Status: http.StatusServiceUnavailable,
+		Detail: fmt.Sprintf("%d sagas in flight, the admission limit: the order was not placed; retry in a second", n)}
+}
+
+// sagasInFlight returns the count of sagas in flight, at most
+// SagaCountInterval old.
+func (s *server) sagasInFlight(ctx context.Context) (int64, error) {
+	c := &s.sagas
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if s.cfg.SagaCountInterval >= 0 && !c.at.IsZero() && time.Since(c.at) < s.cfg.SagaCountInterval {
+		return c.n, nil
+	}
+	n, err := saga.CountInFlight(ctx, s.cfg.Pool)
+	if err != nil {
+		return 0, err
+	}
+	c.n, c.at = n, time.Now()
+	return n, nil
 }
 
 // checkInjection refuses fault injection on a server that does not allow

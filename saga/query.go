@@ -79,6 +79,16 @@ func List(ctx context.Context, q Querier, state State, limit int, after *uuid.UU
 	return out, nil
 }
 
+// CountInFlight counts the sagas running or compensating (an index scan of
+// the sweeper's partial index, cheap enough to ask several times a second).
+func CountInFlight(ctx context.Context, q Querier) (int64, error) {
+	var n int64
+	if err := q.QueryRow(ctx, sqlCountInFlight).Scan(&n); err != nil {
+		return 0, fmt.Errorf("count sagas in flight: %w", err)
+	}
+	return n, nil
+}
+
 // CountByState counts sagas per state.
 func CountByState(ctx context.Context, q Querier) (map[State]int64, error) {
 	rows, err := q.Query(ctx, sqlCountByState)

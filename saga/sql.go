@@ -66,4 +66,7 @@ ORDER BY id
 LIMIT $3`
 
 	sqlCountByState = `SELECT state, count(*) FROM saga.instances GROUP BY state`
+
+	// sqlCountInFlight counts the sagas the sweeper's partial index holds.
+	sqlCountInFlight = `SELECT count(*) FROM saga.instances WHERE state IN ('running', 'compensating')`
 )

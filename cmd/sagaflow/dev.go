@@ -98,7 +98,7 @@ func runDev(ctx context.Context, args []string, stdout io.Writer) error {
 	stack, err := roles.New(roles.Config{
 		Pool: pool, Kafka: kcfg, Topics: kafkax.DefaultTopics(), Roles: []string{roles.All}, HTTPAddr: *httpAddr,
 		Saga: sf.config(), DeliveryStallAfter: sf.stallAfter, AllowInjection: true, Crash: crash, OutboxMode: mode,
-		APIPool: apiPool, OperatorTokens: tokens, MaxInFlight: af.maxInFlight,
+		APIPool: apiPool, OperatorTokens: tokens, MaxInFlight: af.maxInFlight, MaxSagasInFlight: af.maxSagasInFlight,
 	})
 	if err != nil {
 		return err

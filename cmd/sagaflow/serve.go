@@ -116,8 +116,9 @@ func openPool(ctx context.Context, url string, maxConns int32) (*pgxpool.Pool, e
 
 // apiFlags bound the API's work (serve and dev).
 type apiFlags struct {
-	maxInFlight int
-	dbMaxConns  int
+	maxInFlight      int
+	maxSagasInFlight int
+	dbMaxConns       int
 }
 
 // defaultAPIDBMaxConns is the default size of the API's own pool: a
@@ -128,6 +129,8 @@ const defaultAPIDBMaxConns = 8
 func (a *apiFlags) register(fs *flag.FlagSet) {
 	fs.IntVar(&a.maxInFlight, "max-inflight", api.DefaultMaxInFlight,
 		"requests the API handles at once; beyond them it answers 503 with Retry-After: 1 at once (/healthz and /readyz exempt; negative: no bound)")
+	fs.IntVar(&a.maxSagasInFlight, "max-sagas-inflight", api.DefaultMaxSagasInFlight,
+		"admission: while more sagas are running or compensating, POST /orders answers 503 with Retry-After (about throughput × step timeout; negative: no bound)")
 	fs.IntVar(&a.dbMaxConns, "api-db-max-conns", defaultAPIDBMaxConns,
 		"size of the API's own database pool, apart from --db-max-conns, so that the other roles cannot take every connection the API needs")
 }
@@ -138,6 +141,9 @@ func (a *apiFlags) check() error {
 	}
 	if a.maxInFlight == 0 {
 		return errors.New("--max-inflight 0 would refuse every request: give a bound, or a negative number for none")
+	}
+	if a.maxSagasInFlight == 0 {
+		return errors.New("--max-sagas-inflight 0 would refuse every order: give a bound, or a negative number for none")
 	}
 	return nil
 }
@@ -288,7 +294,7 @@ func runServe(ctx context.Context, args []string, stdout io.Writer) error {
 		Pool: pool, Kafka: kcfg, Topics: c.topics(), Roles: roleNames, HTTPAddr: *httpAddr,
 		Saga: sf.config(), DeliveryStallAfter: sf.stallAfter, AllowInjection: *allowInjection, Inject: injected, DuplicateRelay: *duplicate,
 		OutboxMode: mode, Crash: crash, MetricsAddr: *metricsAddr,
-		APIPool: apiPool, OperatorTokens: tokens, ProtectReads: *protectReads, MaxInFlight: af.maxInFlight,
+		APIPool: apiPool, OperatorTokens: tokens, ProtectReads: *protectReads, MaxInFlight: af.maxInFlight, MaxSagasInFlight: af.maxSagasInFlight,
 	})
 	if err != nil {
 		return err

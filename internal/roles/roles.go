@@ -96,9 +96,11 @@ type Config struct {
 	// MaxInFlight, RequestTimeout and AcquireTimeout bound the API's work
 	// (api.Config's; zero takes its defaults). The HTTP server's read and
 	// write timeouts follow RequestTimeout.
-	MaxInFlight    int
-	RequestTimeout time.Duration
-	AcquireTimeout time.Duration
+	MaxInFlight int
+	// MaxSagasInFlight is the API's admission bound (api.Config).
+	MaxSagasInFlight int
+	RequestTimeout   time.Duration
+	AcquireTimeout   time.Duration
 }
 
 // Stack is a set of running roles.
@@ -292,7 +294,7 @@ func (s *Stack) Run(ctx context.Context) error {
 		srv := newAPIServer(api.Config{Pool: pool, Orders: orders, Engine: s.Engine, Logger: log, Injection: injection,
 			Ready:     func(ctx context.Context) error { return cfg.Kafka.Ping(ctx) },
 			Operators: cfg.OperatorTokens, ProtectReads: cfg.ProtectReads,
-			MaxInFlight: cfg.MaxInFlight, RequestTimeout: cfg.RequestTimeout, AcquireTimeout: cfg.AcquireTimeout})
+			MaxInFlight: cfg.MaxInFlight, MaxSagasInFlight: cfg.MaxSagasInFlight, RequestTimeout: cfg.RequestTimeout, AcquireTimeout: cfg.AcquireTimeout})
 		goRun("api", func(ctx context.Context) error {
 			go func() {
 				<-ctx.Done()
