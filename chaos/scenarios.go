@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"strconv"
 	"time"
 
 	"github.com/IBM/sarama"
@@ -72,7 +73,13 @@ func placeSickPartitions(ctx context.Context, h *Harness) error {
 			}
 			assign[p] = []int32{broker}
 		}
-		if err := admin.CreateTopic(topic, &sarama.TopicDetail{NumPartitions: -1, ReplicationFactor: -1, ReplicaAssignment: assign}, false); err != nil {
+		// As EnsureTopics would create them, but placed.
+		minISR := "1"
+		retention := strconv.FormatInt(kafkax.CreatedTopicRetention.Milliseconds(), 10)
+		segment := strconv.FormatInt(kafkax.CreatedTopicSegment.Milliseconds(), 10)
+		detail := &sarama.TopicDetail{NumPartitions: -1, ReplicationFactor: -1, ReplicaAssignment: assign,
+			ConfigEntries: map[string]*string{"min.insync.replicas": &minISR, "retention.ms": &retention, "segment.ms": &segment}}
+		if err := admin.CreateTopic(topic, detail, false); err != nil {
 			return fmt.Errorf("create topic %s with placement: %w", topic, err)
 		}
 	}

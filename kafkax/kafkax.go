@@ -13,6 +13,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"net"
 	"strings"
 	"time"
@@ -34,10 +35,25 @@ const KeyMetadata = "kafka_key"
 type Config struct {
 	// Brokers is the bootstrap list, host:port.
 	Brokers []string
-	// Partitions of each topic created at start-up.
+	// Partitions of each topic created at start-up (0: DefaultPartitions).
 	Partitions int32
-	// ReplicationFactor of each topic created at start-up.
+	// ReplicationFactor of each topic created at start-up. 0 means the
+	// default: min(3, the number of brokers in the cluster), so that a
+	// production cluster gets three copies of every message and a one-broker
+	// development cluster still works. See TopicSettings.
 	ReplicationFactor int16
+	// StrictTopics makes EnsureTopics refuse to go on when an existing topic
+	// has fewer partitions, another replication factor or another
+	// min.insync.replicas than it would be created with (serve
+	// --strict-topics). Without it such differences are only reported.
+	StrictTopics bool
+	// AllowInfiniteRetention lets CheckInboxRetention accept topics that
+	// keep messages for ever (retention.ms -1, or compacted): see
+	// CheckRetention.
+	AllowInfiniteRetention bool
+	// Logger receives EnsureTopics' topic settings and its warnings about
+	// existing topics (nil: slog.Default()).
+	Logger *slog.Logger
 	// ClientID names the process to the brokers.
 	ClientID string
 	// InstanceID, when set, makes this process a static member of its
@@ -158,7 +174,20 @@ func (c Config) NewSyncProducer() (sarama.SyncProducer, error) {
 	// exhausted them while the messages behind it in the same call still
 	// had theirs could be overtaken when the broker comes back.
 	sc.Producer.Retry.Max = 1
-	sc.Producer.Retry.Backoff = 100 * time.Millisecond
+	// sarama also sleeps the backoff after every message it fails before
+	// sending it (no leader, its circuit breaker open): one partition's
+	// backlog would hold the whole call up for 100 ms a message. Only a
+	// real retry waits.
+	sc.Producer.Retry.BackoffFunc = func(retries, _ int) time.Duration {
+		if retries == 0 {
+			return 0
+		}
+		return 100 * time.Millisecond
+	}
+	// A partition without leader must fail its messages quickly too:
+	// sarama refreshes metadata while the messages of the whole call wait.
+	sc.Metadata.Retry.Max = 1
+	sc.Metadata.Retry.Backoff = 100 * time.Millisecond
 	p, err := sarama.NewSyncProducer(c.Brokers, sc)
 	if err != nil {
 		return nil, fmt.Errorf("create Kafka producer for %s: %w", strings.Join(c.Brokers, ","), err)
@@ -166,51 +195,26 @@ func (c Config) NewSyncProducer() (sarama.SyncProducer, error) {
 	return p, nil
 }
 
-// EnsureTopics creates the topics that do not exist yet with the configured
-// partition count and replication factor. A broker's auto-created topic has
-// one partition, which would serialise all consumers of it.
-func (c Config) EnsureTopics(ctx context.Context, topics ...string) error {
-	if err := c.Ping(ctx); err != nil {
-		return err
-	}
-	admin, err := sarama.NewClusterAdmin(c.Brokers, c.base())
-	if err != nil {
-		return fmt.Errorf("connect to Kafka at %s to create topics: %w", strings.Join(c.Brokers, ","), err)
-	}
-	defer admin.Close()
-	parts, rf := c.Partitions, c.ReplicationFactor
-	if parts <= 0 {
-		parts = DefaultPartitions
-	}
-	if rf <= 0 {
-		rf = 1
-	}
-	detail := &sarama.TopicDetail{NumPartitions: parts, ReplicationFactor: rf}
-	if rf >= 3 {
-		minISR := "2"
-		detail.ConfigEntries = map[string]*string{"min.insync.replicas": &minISR}
-	}
-	for _, t := range topics {
-		err := admin.CreateTopic(t, detail, false)
-		var terr *sarama.TopicError
-		if errors.As(err, &terr) && terr.Err == sarama.ErrTopicAlreadyExists {
-			continue
+// waitLeaders waits until every partition of topics has a leader in the
+// metadata of every one of brokers: a broker answers "not the leader" or
+// "unknown topic" for a moment after creating a topic, and a producer that
+// meets it retries whole batches, repeating the messages that had gone
+// through. Every broker is asked because each answers from its own copy of
+// the cluster metadata, which may lag the controller's for a moment: a
+// client that bootstraps through a lagging broker would meet an unknown
+// topic.
+func waitLeaders(ctx context.Context, conf *sarama.Config, brokers []*sarama.Broker, topics []string, bound time.Duration) error {
+	defer func() {
+		for _, b := range brokers {
+			_ = b.Close()
 		}
-		if err != nil {
-			return fmt.Errorf("create Kafka topic %s: %w", t, err)
-		}
+	}()
+	if len(topics) == 0 {
+		return nil
 	}
-	return waitLeaders(ctx, admin, topics, 30*time.Second)
-}
-
-// waitLeaders waits until every partition of topics has a leader: a broker
-// answers "not the leader" or "unknown topic" for a moment after creating a
-// topic, and a producer that meets it retries whole batches, repeating the
-// messages that had gone through.
-func waitLeaders(ctx context.Context, admin sarama.ClusterAdmin, topics []string, bound time.Duration) error {
 	deadline := time.Now().Add(bound)
 	for {
-		missing, err := leaderless(admin, topics)
+		missing, err := leaderless(conf, brokers, topics)
 		if err == nil && missing == "" {
 			return nil
 		}
@@ -228,22 +232,38 @@ func waitLeaders(ctx context.Context, admin sarama.ClusterAdmin, topics []string
 	}
 }
 
-// leaderless names the first partition of topics without a leader ("" when
-// every one has one).
-func leaderless(admin sarama.ClusterAdmin, topics []string) (string, error) {
-	md, err := admin.DescribeTopics(topics)
-	if err != nil {
-		return "", err
-	}
-	for _, t := range md {
-		if t.Err != sarama.ErrNoError {
-			return t.Name, nil
+// leaderless names the first partition of topics without a leader in the
+// metadata of one of brokers ("" when every one has one everywhere). A
+// broker that cannot be reached is passed over (it may be down while the
+// others serve: clients cannot bootstrap through it either), as long as one
+// answers.
+func leaderless(conf *sarama.Config, brokers []*sarama.Broker, topics []string) (string, error) {
+	var unreachable []error
+	for _, b := range brokers {
+		if err := b.Open(conf); err != nil && !errors.Is(err, sarama.ErrAlreadyConnected) {
+			unreachable = append(unreachable, fmt.Errorf("connect to broker %s: %w", b.Addr(), err))
+			continue
 		}
-		for _, p := range t.Partitions {
-			if p.Err != sarama.ErrNoError || p.Leader < 0 {
-				return fmt.Sprintf("%s/%d", t.Name, p.ID), nil
+		md, err := b.GetMetadata(sarama.NewMetadataRequest(conf.Version, topics))
+		if err != nil {
+			// Open it again on the next round.
+			_ = b.Close()
+			unreachable = append(unreachable, fmt.Errorf("metadata from broker %s: %w", b.Addr(), err))
+			continue
+		}
+		for _, t := range md.Topics {
+			if t.Err != sarama.ErrNoError {
+				return fmt.Sprintf("%s (broker %s: %v)", t.Name, b.Addr(), t.Err), nil
+			}
+			for _, p := range t.Partitions {
+				if p.Err != sarama.ErrNoError || p.Leader < 0 {
+					return fmt.Sprintf("%s/%d (broker %s)", t.Name, p.ID, b.Addr()), nil
+				}
 			}
 		}
+	}
+	if len(unreachable) == len(brokers) {
+		return "", errors.Join(unreachable...)
 	}
 	return "", nil
 }
@@ -362,6 +382,14 @@ func (c Config) CountMessages(ctx context.Context, topics ...string) (map[string
 		out[t] = n
 	}
 	return out, nil
+}
+
+// Consumed lists the topics Sagaflow consumes through an inbox (which
+// deduplicates by message id for a window, see CheckInboxRetention): the
+// participants' command topics and the orchestrator's replies. Order events
+// and dead letters are written for others and never consumed here.
+func (t Topics) Consumed() []string {
+	return []string{t.InventoryCommands, t.PaymentCommands, t.ShippingCommands, t.SagaReplies}
 }
 
 // DeadLetterTopics lists the dead-letter topics of every consumer.

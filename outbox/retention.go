@@ -9,6 +9,11 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 )
 
+// DefaultInboxRetention is how long an inbox remembers a message id unless
+// told otherwise: it must outlast the retention plus segment time of every
+// topic read through an inbox (kafkax.CheckInboxRetention).
+const DefaultInboxRetention = 7 * 24 * time.Hour
+
 // RetentionConfig configures Retention.
 type RetentionConfig struct {
 	Pool *pgxpool.Pool
@@ -35,7 +40,7 @@ type Retention struct {
 // NewRetention returns a Retention with defaults filled in.
 func NewRetention(cfg RetentionConfig) *Retention {
 	if cfg.Window <= 0 {
-		cfg.Window = 7 * 24 * time.Hour
+		cfg.Window = DefaultInboxRetention
 	}
 	if cfg.BatchSize <= 0 {
 		cfg.BatchSize = 1000

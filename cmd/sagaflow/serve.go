@@ -36,7 +36,7 @@ func (c *commonFlags) register(fs *flag.FlagSet) {
 	fs.StringVar(&c.databaseURL, "database-url", "", "PostgreSQL connection string (default $DATABASE_URL)")
 	fs.StringVar(&c.brokers, "kafka-brokers", env("KAFKA_BROKERS", ""), "Kafka bootstrap brokers, comma separated (default $KAFKA_BROKERS)")
 	fs.IntVar(&c.partitions, "partitions", kafkax.DefaultPartitions, "partitions of topics created at start-up")
-	fs.IntVar(&c.replication, "replication-factor", 1, "replication factor of topics created at start-up")
+	fs.IntVar(&c.replication, "replication-factor", 0, "replication factor of topics created at start-up (0: min(3, brokers in the cluster), with min.insync.replicas one less, at least 1)")
 	fs.StringVar(&c.topicPrefix, "topic-prefix", env("SAGAFLOW_TOPIC_PREFIX", ""), "prefix of every topic and consumer group name")
 }
 
@@ -239,6 +239,9 @@ func runServe(ctx context.Context, args []string, stdout io.Writer) error {
 		"and the name is recorded as who acted; $"+api.EnvOperatorTokens+" may hold more (name:token, comma separated). None: operator actions are refused")
 	protectReads := fs.Bool("protect-reads", false, "the API's reads (GET /orders/{id}, GET /sagas…) need an operator token too (POST /orders, /healthz, /readyz stay open)")
 	metricsAddr := fs.String("metrics", env("SAGAFLOW_METRICS", ""), "serve Prometheus metrics at http://ADDR/metrics (e.g. 127.0.0.1:9090); off when empty")
+	strictTopics := fs.Bool("strict-topics", false, "refuse to start when an existing topic has fewer partitions, another replication factor or another min.insync.replicas than configured (default: warn)")
+	inboxRetention := fs.Duration("inbox-retention", outbox.DefaultInboxRetention, "how long inboxes remember applied message ids; must exceed each consumed topic's retention.ms + segment.ms (checked at start)")
+	allowInfinite := fs.Bool("allow-infinite-retention", false, "accept consumed topics that keep messages for ever (retention.ms -1 or compacted), which no inbox retention covers")
 	instanceID := fs.String("instance-id", env("SAGAFLOW_INSTANCE_ID", ""), "stable id of this instance (e.g. a pod name): static consumer-group membership, so a restart takes its partitions back at once")
 	if err := parse(fs, args); err != nil {
 		return err
@@ -287,6 +290,8 @@ func runServe(ctx context.Context, args []string, stdout io.Writer) error {
 	}
 	kcfg := c.kafka("sagaflow-" + strings.ReplaceAll(*role, ",", "-"))
 	kcfg.InstanceID = *instanceID
+	kcfg.StrictTopics = *strictTopics
+	kcfg.AllowInfiniteRetention = *allowInfinite
 	if err := kcfg.Ping(ctx); err != nil {
 		return err
 	}
@@ -294,7 +299,7 @@ func runServe(ctx context.Context, args []string, stdout io.Writer) error {
 		Pool: pool, Kafka: kcfg, Topics: c.topics(), Roles: roleNames, HTTPAddr: *httpAddr,
 		Saga: sf.config(), DeliveryStallAfter: sf.stallAfter, AllowInjection: *allowInjection, Inject: injected, DuplicateRelay: *duplicate,
 		OutboxMode: mode, Crash: crash, MetricsAddr: *metricsAddr,
-		APIPool: apiPool, OperatorTokens: tokens, ProtectReads: *protectReads, MaxInFlight: af.maxInFlight, MaxSagasInFlight: af.maxSagasInFlight,
+		APIPool: apiPool, OperatorTokens: tokens, ProtectReads: *protectReads, MaxInFlight: af.maxInFlight, MaxSagasInFlight: af.maxSagasInFlight, InboxRetention: *inboxRetention,
 	})
 	if err != nil {
 		return err

@@ -192,8 +192,20 @@ func (s *Stack) Run(ctx context.Context) error {
 	log := cfg.Logger
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
+	if cfg.Kafka.Logger == nil {
+		cfg.Kafka.Logger = log // the replication decision (Info) and each topic difference (Warn)
+	}
 	if err := cfg.Kafka.EnsureTopics(ctx, cfg.Topics.All()...); err != nil {
-		return err
+		return err // with StrictTopics: each topic and setting that differs
+	}
+	if cfg.has(Relay) { // the relay role purges the inboxes with this window
+		window := cfg.InboxRetention
+		if window <= 0 {
+			window = outbox.DefaultInboxRetention
+		}
+		if err := cfg.Kafka.CheckInboxRetention(ctx, window, cfg.Topics.Consumed()...); err != nil {
+			return fmt.Errorf("inbox retention: %w", err)
+		}
 	}
 	wlog := watermill.NewSlogLoggerWithLevelMapping(log, map[slog.Level]slog.Level{slog.LevelInfo: slog.LevelDebug})
 

@@ -550,6 +550,10 @@ func TestMetricsEndpoint(t *testing.T) {
 		"sagaflow_outbox_slot_lag_bytes{slot=\"sagaflow_",
 		"sagaflow_outbox_slot_active{slot=\"sagaflow_",
 		"sagaflow_relay_slots_recreated_total 0",
+		`sagaflow_outbox_parked_rows{outbox="payment"} 0`,
+		"sagaflow_relay_parked_total 0",
+		"sagaflow_saga_deadlines_held_total",
+		"sagaflow_consumer_transient_giveups_total",
 	} {
 		if !strings.Contains(string(body), want) {
 			t.Errorf("/metrics lacks %q", want)
