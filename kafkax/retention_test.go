@@ -1,6 +1,7 @@
 package kafkax_test
 
 import (
+	"github.com/IBM/sarama"
 	"os"
 	"strings"
 	"testing"
@@ -8,6 +9,7 @@ import (
 
 	"github.com/sagaflow/sagaflow/internal/testenv"
 	"github.com/sagaflow/sagaflow/kafkax"
+	"github.com/sagaflow/sagaflow/outbox"
 )
 
 // ParseTopicRetention reads how long a topic may keep a message from its
@@ -205,7 +207,14 @@ func TestTopicRetentionInheritsBrokerDefaults(t *testing.T) {
 	k := testenv.StartPrivateKafka(t)
 	cfg := k.Config()
 	topic := testenv.Name(t, "inherit")
-	if err := cfg.EnsureTopics(timeout(t), topic); err != nil {
+	// Created without settings of its own (EnsureTopics would set
+	// retention.ms and segment.ms), so that it inherits the broker's.
+	admin, err := sarama.NewClusterAdmin(cfg.Brokers, cfg.ProducerConfig())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer admin.Close()
+	if err := admin.CreateTopic(topic, &sarama.TopicDetail{NumPartitions: 1, ReplicationFactor: 1}, false); err != nil {
 		t.Fatal(err)
 	}
 	rs, err := cfg.TopicRetentions(timeout(t), topic)
@@ -221,5 +230,29 @@ func TestTopicRetentionInheritsBrokerDefaults(t *testing.T) {
 	}
 	if err := cfg.CheckInboxRetention(timeout(t), 59*time.Hour, topic); err == nil || !strings.Contains(err.Error(), "raise --inbox-retention above 60h") {
 		t.Errorf("59h inbox against 48h + 12h: error %v", err)
+	}
+}
+
+// Topics EnsureTopics creates keep messages CreatedTopicRetention and roll
+// segments every CreatedTopicSegment, so that the inboxes' default window
+// covers them. (Before: the broker's defaults, 7 days each, which a 7-day
+// inbox window does not cover.)
+func TestEnsureTopicsSetsRetention(t *testing.T) {
+	t.Parallel()
+	cfg := testenv.Kafka(t)
+	topic := testenv.Name(t, "created")
+	if err := cfg.EnsureTopics(timeout(t), topic); err != nil {
+		t.Fatal(err)
+	}
+	rs, err := cfg.TopicRetentions(timeout(t), topic)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := kafkax.TopicRetention{Topic: topic, Retention: kafkax.CreatedTopicRetention, Segment: kafkax.CreatedTopicSegment}
+	if len(rs) != 1 || rs[0] != want {
+		t.Fatalf("got %+v, want %+v", rs, want)
+	}
+	if err := cfg.CheckInboxRetention(timeout(t), outbox.DefaultInboxRetention, topic); err != nil {
+		t.Fatalf("the default inbox window against a created topic: %v", err)
 	}
 }
