@@ -468,13 +468,6 @@ func (w *writes) batch() (*pgx.Batch, error) {
 // reports a stall, an overdue step is held instead: same attempt, deadline
 // re-armed, nothing resent.
 func (e *Engine) SweepOnce(ctx context.Context, limit int) (int, error) {
-	var stalled string
-	if e.delivery != nil {
-		var err error
-		if stalled, err = e.delivery(ctx); err != nil {
-			return 0, fmt.Errorf("check delivery before the deadline sweep: %w", err)
-		}
-	}
 	tx, err := e.pool.Begin(ctx)
 	if err != nil {
 		return 0, fmt.Errorf("begin deadline sweep: %w", err)
@@ -496,6 +489,16 @@ func (e *Engine) SweepOnce(ctx context.Context, limit int) (int, error) {
 	})
 	if err != nil {
 		return 0, fmt.Errorf("find overdue sagas: %w", err)
+	}
+	if len(due) == 0 {
+		return 0, nil // the deferred rollback ends the read-only transaction
+	}
+	// Only a sweep that found overdue sagas asks whether delivery flows.
+	var stalled string
+	if e.delivery != nil {
+		if stalled, err = e.delivery(ctx); err != nil {
+			return 0, fmt.Errorf("check delivery before the deadline sweep: %w", err)
+		}
 	}
 	var w writes
 	for _, o := range due {
