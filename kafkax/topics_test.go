@@ -68,11 +68,11 @@ func describeTopic(t *testing.T, cfg kafkax.Config, topic string) topicState {
 			st.rf = len(p.Replicas)
 		}
 	}
-	entries, err := admin.DescribeConfig(sarama.ConfigResource{Type: sarama.TopicResource, Name: topic})
-	if err != nil {
-		t.Fatalf("describe configs of %s: %v", topic, err)
+	results, err := admin.DescribeConfigs([]*sarama.ConfigResource{{Type: sarama.TopicResource, Name: topic}}, sarama.DescribeConfigsOptions{})
+	if err != nil || len(results) != 1 || results[0].ErrorCode != sarama.ErrNoError {
+		t.Fatalf("describe configs of %s: %v %+v", topic, err, results)
 	}
-	for _, e := range entries {
+	for _, e := range results[0].Configs {
 		if e.Name == "min.insync.replicas" {
 			st.minISR, st.minISRSource = e.Value, e.Source
 		}

@@ -24,7 +24,6 @@ type blackhole struct {
 	target string
 	holed  atomic.Bool
 	hole   chan struct{}
-	once   sync.Once
 	mu     sync.Mutex
 	conns  []net.Conn
 }
