@@ -557,17 +557,9 @@ func TestPoisonMessageDeadLettered(t *testing.T) {
 	}
 	e.relay(ctx, nil, nil)
 
-	dlqSub, err := e.kafka.NewSubscriber(testenv.Name(t, "dlq-reader"), watermill.NopLogger{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer dlqSub.Close()
 	dctx, cancel := context.WithTimeout(ctx, 60*time.Second)
 	defer cancel()
-	dead, err := dlqSub.Subscribe(dctx, outbox.DeadLetterTopicOf(e.group))
-	if err != nil {
-		t.Fatal(err)
-	}
+	dead := e.deadLetters(dctx)
 	got := map[string]string{}
 	for len(got) < 2 {
 		select {
@@ -590,6 +582,22 @@ func TestPoisonMessageDeadLettered(t *testing.T) {
 	e.waitEffects(ctx, 5)
 	e.checkExactlyOnce(ctx, 5)
 	c.checkOrder(t)
+}
+
+// deadLetters subscribes to the test consumer group's dead-letter topic
+// until ctx ends.
+func (e *env) deadLetters(ctx context.Context) <-chan *message.Message {
+	e.t.Helper()
+	sub, err := e.kafka.NewSubscriber(testenv.Name(e.t, "dlq-reader"), watermill.NopLogger{})
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	e.t.Cleanup(func() { sub.Close() })
+	dead, err := sub.Subscribe(ctx, outbox.DeadLetterTopicOf(e.group))
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	return dead
 }
 
 // Retention purges inbox rows older than the window, in batches, and keeps

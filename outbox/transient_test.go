@@ -100,17 +100,9 @@ func TestAlwaysTimingOutMessageDeadLettered(t *testing.T) {
 		}
 	}
 	e.relay(ctx, nil, nil)
-	dlqSub, err := e.kafka.NewSubscriber(testenv.Name(t, "dlq-reader"), watermill.NopLogger{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer dlqSub.Close()
 	dctx, cancel := context.WithTimeout(ctx, 2*time.Minute)
 	defer cancel()
-	dead, err := dlqSub.Subscribe(dctx, outbox.DeadLetterTopicOf(e.group))
-	if err != nil {
-		t.Fatal(err)
-	}
+	dead := e.deadLetters(dctx)
 	select {
 	case m := <-dead:
 		m.Ack()
