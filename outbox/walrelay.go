@@ -538,10 +538,8 @@ func (r *Relay) sendTxs(ctx context.Context, ws *walState, log *slog.Logger, txs
 			}
 		}
 		rows := make([]row, len(batch))
-		txOf := make(map[rowRef]int64, len(batch))
 		for i, h := range batch {
 			rows[i] = h.row
-			txOf[rowRef{h.schema, h.seq}] = h.tx
 		}
 		out, wait := r.try(rows, unknown)
 		if err := r.park(ctx, out.parked, out.parkErrs); err != nil {
@@ -552,28 +550,15 @@ func (r *Relay) sendTxs(ctx context.Context, ws *walState, log *slog.Logger, txs
 			out.retry = append(out.retry, out.parked...)
 			out.parked = nil
 		}
-		retry := make(map[rowRef]bool, len(out.retry))
-		for _, rw := range out.retry {
-			retry[rowRef{rw.schema, rw.seq}] = true
-		}
 		failedBefore := len(out.retry) > 0
-		waiting := make(map[rowRef]bool, len(wait))
-		for _, rw := range wait {
-			waiting[rowRef{rw.schema, rw.seq}] = true
-		}
 		var next []heldRow
-		for _, h := range batch {
-			ref := rowRef{h.schema, h.seq}
-			if retry[ref] {
-				next = append(next, h)
-			} else if !waiting[ref] {
+		if len(out.retry) == 0 && len(wait) == 0 {
+			// The common case: every row was sent or parked.
+			for _, h := range batch {
 				window.done(h.tx)
 			}
-		}
-		// Per key: a retried row is older than the key's waiting rows,
-		// which are older than its deferred ones.
-		for _, rw := range wait {
-			next = append(next, heldRow{row: rw, tx: txOf[rowRef{rw.schema, rw.seq}]})
+		} else {
+			next = stillHeld(batch, out.retry, wait, &window)
 		}
 		held = append(next, deferred...)
 		r.countPublished(out.sent)
@@ -590,6 +575,37 @@ func (r *Relay) sendTxs(ctx context.Context, ws *walState, log *slog.Logger, txs
 			backoff.reset()
 		}
 	}
+}
+
+// stillHeld returns, in order, the rows of batch to try again: those that
+// failed, then those a probing try left waiting (per key a failed row is
+// older than the key's waiting rows); every other row is counted done in
+// window.
+func stillHeld(batch []heldRow, retry, wait []row, window *txWindow) []heldRow {
+	again := make(map[rowRef]bool, len(retry)+len(wait))
+	for _, rw := range retry {
+		again[rowRef{rw.schema, rw.seq}] = true
+	}
+	waiting := make(map[rowRef]int64, len(wait))
+	for _, rw := range wait {
+		waiting[rowRef{rw.schema, rw.seq}] = -1
+	}
+	var next []heldRow
+	for _, h := range batch {
+		ref := rowRef{h.schema, h.seq}
+		switch _, w := waiting[ref]; {
+		case again[ref]:
+			next = append(next, h)
+		case w:
+			waiting[ref] = h.tx
+		default:
+			window.done(h.tx)
+		}
+	}
+	for _, rw := range wait {
+		next = append(next, heldRow{row: rw, tx: waiting[rowRef{rw.schema, rw.seq}]})
+	}
+	return next
 }
 
 // heldRow is a streamed row with the transaction (txWindow id) it came in.
