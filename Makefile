@@ -7,6 +7,7 @@ KAFKA_DIR ?= .kafka-work
 TEST_TIMEOUT ?= 75m
 CHAOS_REPORT ?= $(CURDIR)/.chaos/report.txt
 FUZZTIME  ?= 10s
+TEST_OUT  ?= $(CURDIR)/.test-output
 
 .PHONY: build dev test test-short fuzz lint kafka-start kafka-stop clean
 
@@ -35,10 +36,15 @@ test:
 	status=0; \
 	rm -f $(CHAOS_REPORT); \
 	export KAFKA_BROKERS=$$brokers SAGAFLOW_KAFKA_SCRIPT=$(CURDIR)/$(KAFKA) SAGAFLOW_CHAOS_REPORT=$(CHAOS_REPORT); \
-	$(GO) test -race -count=1 -timeout $(TEST_TIMEOUT) $$($(GO) list ./... | grep -v '/chaos$$') || status=$$?; \
-	$(GO) test -race -count=1 -timeout $(TEST_TIMEOUT) ./chaos || status=$$?; \
+	rm -rf $(TEST_OUT); mkdir -p $(TEST_OUT); \
+	{ $(GO) test -race -count=1 -timeout $(TEST_TIMEOUT) $$($(GO) list ./... | grep -v '/chaos$$') 2>&1; \
+	  echo $$? > $(TEST_OUT)/packages.status; } | tee $(TEST_OUT)/packages.log; \
+	{ $(GO) test -race -count=1 -timeout $(TEST_TIMEOUT) ./chaos 2>&1; \
+	  echo $$? > $(TEST_OUT)/chaos.status; } | tee $(TEST_OUT)/chaos.log; \
+	for s in $(TEST_OUT)/*.status; do [ "$$(cat $$s)" = 0 ] || status=$$(cat $$s); done; \
 	$(KAFKA) stop --dir $(KAFKA_DIR) || true; \
 	if [ -f $(CHAOS_REPORT) ]; then echo "failure scenarios against the real broker:"; cat $(CHAOS_REPORT); fi; \
+	if [ $$status != 0 ]; then echo "what failed (full output in $(TEST_OUT)/):"; scripts/test-failures $(TEST_OUT)/*.log; fi; \
 	exit $$status
 
 # Each fuzz target for FUZZTIME (default 10s), one target per run: -fuzz

@@ -112,7 +112,7 @@ func TestRelayFailoverWhenLeaderHostVanishes(t *testing.T) {
 			t.Fatal(err)
 		}
 		t.Cleanup(poolA.Close)
-		c := e.consume(ctx, nil)
+		e.consume(ctx, nil)
 		a, _ := e.startRelay(ctx, nil, func(cfg *outbox.RelayConfig) { cfg.Pool = poolA })
 		waitFor(t, "relay A leads", func() bool { return a.Stats()[0].Leader })
 		b, _ := e.startRelay(ctx, nil, nil)
@@ -137,6 +137,6 @@ func TestRelayFailoverWhenLeaderHostVanishes(t *testing.T) {
 			t.Fatal(err)
 		}
 		e.waitEffects(ctx, 2)
-		c.checkOrder(t)
+		e.checkOrder(ctx)
 	})
 }

@@ -42,7 +42,7 @@ func TestWriteRefusesReservedHeaders(t *testing.T) {
 func TestOversizedMessageParked(t *testing.T) {
 	forModes(t, func(t *testing.T, e *env) {
 		ctx := context.Background()
-		c := e.consume(ctx, nil)
+		e.consume(ctx, nil)
 		if err := e.write(ctx, "a"); err != nil {
 			t.Fatal(err)
 		}
@@ -90,6 +90,6 @@ func TestOversizedMessageParked(t *testing.T) {
 			t.Fatalf("after the discard: %v", parked)
 		}
 		e.checkExactlyOnce(ctx, 4)
-		c.checkOrder(t)
+		e.checkOrder(ctx)
 	})
 }

@@ -75,7 +75,7 @@ func TestAlwaysTimingOutMessageDeadLettered(t *testing.T) {
 	t.Parallel()
 	ctx := context.Background()
 	e := setup(t)
-	c := e.consume(ctx, func(ctx context.Context, tx pgx.Tx, msg *message.Message) error {
+	e.consume(ctx, func(ctx context.Context, tx pgx.Tx, msg *message.Message) error {
 		if msg.Metadata.Get("fault") == "slow" {
 			_, err := tx.Exec(ctx, `SET LOCAL statement_timeout = '5ms'; SELECT pg_sleep(1)`)
 			return err
@@ -115,7 +115,7 @@ func TestAlwaysTimingOutMessageDeadLettered(t *testing.T) {
 	}
 	e.waitEffects(ctx, 3)
 	e.checkExactlyOnce(ctx, 3)
-	c.checkOrder(t)
+	e.checkOrder(ctx)
 	if n := outbox.TransientGiveUps(); n < 1 {
 		t.Fatalf("transient give-ups counted %d, want at least 1", n)
 	}

@@ -69,7 +69,7 @@ func TestWALRelayRepeatsWhatItDidNotConfirm(t *testing.T) {
 	e.waitEffects(ctx, n)
 	waitFor(t, "outbox drained", func() bool { b, _ := e.ob.Backlog(ctx, e.db.Pool); return b.Rows == 0 })
 	e.checkExactlyOnce(ctx, n)
-	c.checkOrder(t)
+	e.checkOrder(ctx)
 	if !cut.cut.Load() {
 		t.Fatal("the stream was never cut")
 	}
@@ -88,7 +88,7 @@ func TestWALRelaySlotLost(t *testing.T) {
 	t.Parallel()
 	ctx := context.Background()
 	e := setup(t)
-	c := e.consume(ctx, nil)
+	e.consume(ctx, nil)
 	first, stop := e.startRelay(ctx, nil, nil)
 	waitLeader(t, first)
 	e.writeMany(ctx, 2, 100, 10)
@@ -109,7 +109,7 @@ func TestWALRelaySlotLost(t *testing.T) {
 	e.waitEffects(ctx, 600)
 	waitFor(t, "outbox drained", func() bool { b, _ := e.ob.Backlog(ctx, e.db.Pool); return b.Rows == 0 })
 	e.checkExactlyOnce(ctx, 600)
-	c.checkOrder(t)
+	e.checkOrder(ctx)
 	if got := second.SlotsRecreated(); got != 1 {
 		t.Fatalf("second relay recreated %d slots, want 1", got)
 	}
