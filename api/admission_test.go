@@ -3,6 +3,7 @@ package api_test
 import (
 	"fmt"
 	"net/http"
+	"strconv"
 	"strings"
 	"testing"
 
@@ -31,6 +32,21 @@ func TestPlacementsShedBeyondSagasInFlight(t *testing.T) {
 	p := res.problem(t, http.StatusServiceUnavailable)
 	if p.Type != api.TypeUnavailable || res.header.Get("Retry-After") == "" || !strings.Contains(p.Detail, "2 sagas in flight") {
 		t.Fatalf("third placement: %+v, Retry-After %q", p, res.header.Get("Retry-After"))
+	}
+	// Refused clients are told to come back at different times (1 to
+	// AdmissionRetryAfterMax s), so that they do not all return at once;
+	// a refusal does not even read the body.
+	seen := map[int]bool{}
+	for i := range 20 {
+		res := e.place(fmt.Sprintf("refused-%d", i), `{"not":"an order"}`)
+		after, err := strconv.Atoi(res.header.Get("Retry-After"))
+		if res.status != http.StatusServiceUnavailable || err != nil || after < 1 || after > api.AdmissionRetryAfterMax {
+			t.Fatalf("refusal %d: %d, Retry-After %q", i, res.status, res.header.Get("Retry-After"))
+		}
+		seen[after] = true
+	}
+	if len(seen) < 2 {
+		t.Fatalf("20 refusals all said Retry-After %v: refused clients would come back together", seen)
 	}
 	if c := e.counts(); c.orders != 2 {
 		t.Fatalf("%d orders written, want 2", c.orders)

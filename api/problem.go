@@ -75,6 +75,8 @@ type Problem struct {
 	Checks map[string]string `json:"checks,omitempty"`
 
 	cause error // logged, never shown
+	// retryAfter is a 503's Retry-After in seconds (0: 1).
+	retryAfter int
 }
 
 // Error implements error.
@@ -97,7 +99,7 @@ func writeProblem(w http.ResponseWriter, r *http.Request, p *Problem) {
 	}
 	switch p.Status {
 	case http.StatusServiceUnavailable:
-		w.Header().Set("Retry-After", "1")
+		w.Header().Set("Retry-After", strconv.Itoa(max(p.retryAfter, 1)))
 	case http.StatusUnauthorized:
 		w.Header().Set("WWW-Authenticate", BearerChallenge)
 	}

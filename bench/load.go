@@ -135,48 +135,56 @@ func (p *httpPlacer) place(ctx context.Context, key string, k kind, sku int) (uu
 	deadline := time.Now().Add(retryFor)
 	backoff := 50 * time.Millisecond
 	for {
-		id, retry, err := p.post(ctx, key, p.bodies[k][sku])
+		id, retry, after, err := p.post(ctx, key, p.bodies[k][sku])
 		if err == nil || !retry || time.Now().After(deadline) {
 			return id, err
+		}
+		wait := backoff
+		if after > 0 { // a well-behaved client waits as the server asks
+			wait = after
 		}
 		select {
 		case <-ctx.Done():
 			return uuid.Nil, err
-		case <-time.After(backoff):
+		case <-time.After(wait):
 		}
 		backoff = min(2*backoff, time.Second)
 	}
 }
 
-func (p *httpPlacer) post(ctx context.Context, key string, body []byte) (id uuid.UUID, retry bool, err error) {
+// post sends one placement; after is the answer's Retry-After (0: none).
+func (p *httpPlacer) post(ctx context.Context, key string, body []byte) (id uuid.UUID, retry bool, after time.Duration, err error) {
 	req, err := http.NewRequestWithContext(ctx, http.MethodPost, p.url, bytes.NewReader(body))
 	if err != nil {
-		return uuid.Nil, false, err
+		return uuid.Nil, false, 0, err
 	}
 	req.Header.Set("Content-Type", "application/json")
 	req.Header.Set(api.HeaderIdempotencyKey, key)
 	sent := time.Now()
 	resp, err := p.client.Do(req)
 	if err != nil {
-		return uuid.Nil, ctx.Err() == nil, fmt.Errorf("POST %s: %w", p.url, err)
+		return uuid.Nil, ctx.Err() == nil, 0, fmt.Errorf("POST %s: %w", p.url, err)
 	}
 	answer, err := io.ReadAll(io.LimitReader(resp.Body, 64<<10))
 	resp.Body.Close()
 	if err != nil {
-		return uuid.Nil, true, fmt.Errorf("POST %s: read answer: %w", p.url, err)
+		return uuid.Nil, true, 0, fmt.Errorf("POST %s: read answer: %w", p.url, err)
 	}
 	if resp.StatusCode == http.StatusServiceUnavailable || resp.StatusCode == http.StatusTooManyRequests {
 		p.rejected.Record(time.Since(sent))
 	}
 	if resp.StatusCode != http.StatusAccepted && resp.StatusCode != http.StatusOK {
 		retry := resp.StatusCode >= 500 || resp.StatusCode == http.StatusTooManyRequests
-		return uuid.Nil, retry, fmt.Errorf("POST %s answered %d: %s", p.url, resp.StatusCode, firstLine(string(answer)))
+		if secs, err := strconv.Atoi(resp.Header.Get("Retry-After")); err == nil && secs > 0 {
+			after = time.Duration(secs) * time.Second
+		}
+		return uuid.Nil, retry, after, fmt.Errorf("POST %s answered %d: %s", p.url, resp.StatusCode, firstLine(string(answer)))
 	}
 	var placed api.PlaceResponse
 	if err := json.Unmarshal(answer, &placed); err != nil || placed.SagaID == uuid.Nil {
-		return uuid.Nil, false, fmt.Errorf("POST %s: answer without a saga_id: %s", p.url, firstLine(string(answer)))
+		return uuid.Nil, false, 0, fmt.Errorf("POST %s: answer without a saga_id: %s", p.url, firstLine(string(answer)))
 	}
-	return placed.SagaID, false, nil
+	return placed.SagaID, false, 0, nil
 }
 
 // directPlacer calls the order service in process, without HTTP.
