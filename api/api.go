@@ -67,6 +67,7 @@ import (
 
 	"github.com/jackc/pgx/v5/pgxpool"
 
+	"github.com/sagaflow/sagaflow/deadletter"
 	"github.com/sagaflow/sagaflow/internal/dbpool"
 	"github.com/sagaflow/sagaflow/order"
 	"github.com/sagaflow/sagaflow/saga"
@@ -159,6 +160,12 @@ type Config struct {
 	// cancel orders that would have succeeded. Default
 	// DefaultMaxSagasInFlight; negative: no bound.
 	MaxSagasInFlight int
+	// DeadLetters serves GET /dead-letters… and the purge (nil: those
+	// routes answer 503); Replayer replays them (nil: replay answers 503).
+	DeadLetters *deadletter.Store
+	Replayer    *deadletter.Replayer
+	// Stock serves GET /stock and PUT /stock/{sku} (nil: they answer 503).
+	Stock Stock
 	// SagaCountInterval is how often the count behind MaxSagasInFlight is
 	// refreshed (default DefaultSagaCountInterval; negative: on every
 	// placement).
@@ -229,6 +236,14 @@ func routeTable() []route {
 		{http.MethodGet, "/sagas/{id}", reader, shed, (*server).getSaga},
 		{http.MethodPost, "/sagas/{id}/retry", operator, shed, (*server).retrySaga},
 		{http.MethodPost, "/sagas/{id}/resolve", operator, shed, (*server).resolveSaga},
+		{http.MethodPost, "/sagas/{id}/abort", operator, shed, (*server).abortSaga},
+		{http.MethodGet, "/dead-letters", reader, shed, (*server).listDeadLetters},
+		{http.MethodGet, "/dead-letters/groups", reader, shed, (*server).deadLetterGroups},
+		{http.MethodGet, "/dead-letters/{id}", reader, shed, (*server).getDeadLetter},
+		{http.MethodPost, "/dead-letters/actions/replay", operator, shed, (*server).replayDeadLetters},
+		{http.MethodPost, "/dead-letters/actions/purge", operator, shed, (*server).purgeDeadLetters},
+		{http.MethodGet, "/stock", reader, shed, (*server).listStock},
+		{http.MethodPut, "/stock/{sku}", operator, shed, (*server).setStock},
 		{http.MethodGet, "/healthz", public, exempt, (*server).healthz},
 		{http.MethodGet, "/readyz", public, exempt, (*server).readyz},
 		{http.MethodGet, "/openapi.json", public, shed, (*server).openapi},

@@ -234,3 +234,47 @@ func TestProtectReads(t *testing.T) {
 		})
 	}
 }
+
+// An operator aborts a running saga with a note: it compensates, and the
+// history keeps who and why; a retry's optional note is kept too. Abort
+// needs a note, a token and a running saga.
+func TestAbortAndRetryKeepWhoAndWhy(t *testing.T) {
+	t.Parallel()
+	e := setup(t, operators(t))
+	p := e.mustPlace("abort-1", orderJSON(t, set("customer_id", "c-abort")))
+	alice := []string{"Authorization", "Bearer " + aliceToken, "Content-Type", "application/json"}
+	path := "/sagas/" + p.SagaID.String() + "/abort"
+	if res := e.do(http.MethodPost, path, `{"note":"x"}`, "Content-Type", "application/json"); res.status != http.StatusUnauthorized {
+		t.Fatalf("abort without a token: %d %s", res.status, res.body)
+	}
+	if res := e.do(http.MethodPost, path, `{"note":" "}`, alice...); res.status != http.StatusUnprocessableEntity {
+		t.Fatalf("abort without a note: %d %s", res.status, res.body)
+	}
+	res := e.do(http.MethodPost, path, `{"note":"customer called to cancel"}`, alice...)
+	var s api.Saga
+	res.decode(t, &s)
+	if res.status != http.StatusOK || s.State != saga.Compensating || !strings.Contains(s.Reason, "operator alice: customer called to cancel") {
+		t.Fatalf("abort: %d %s", res.status, res.body)
+	}
+	found := false
+	for _, h := range s.History {
+		found = found || (h.Event == saga.EventOperatorAborted && h.Reason == "operator alice: customer called to cancel")
+	}
+	if !found {
+		t.Fatalf("history lacks the abort with who and why: %+v", s.History)
+	}
+	if res := e.do(http.MethodPost, path, `{"note":"again"}`, alice...); res.status != http.StatusConflict {
+		t.Fatalf("abort of a compensating saga: %d %s", res.status, res.body)
+	}
+
+	st := e.stuck("retry-note")
+	res = e.do(http.MethodPost, "/sagas/"+st.SagaID.String()+"/retry", `{"note":"inventory is back"}`, alice...)
+	res.decode(t, &s)
+	found = false
+	for _, h := range s.History {
+		found = found || (h.Event == saga.EventOperatorRetry && h.Reason == "operator alice: inventory is back")
+	}
+	if res.status != http.StatusOK || !found {
+		t.Fatalf("retry with a note: %d %+v", res.status, s.History)
+	}
+}

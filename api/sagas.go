@@ -297,12 +297,69 @@ type ResolveRequest struct {
 	Note string `json:"note"`
 }
 
+// RetryRequest is the optional body of POST /sagas/{id}/retry.
+type RetryRequest struct {
+	// Note says why the saga is retried (what was fixed); it is kept, with
+	// the operator's name, in the saga's history.
+	Note string `json:"note"`
+}
+
+// AbortRequest is the body of POST /sagas/{id}/abort.
+type AbortRequest struct {
+	// Note says why the saga is compensated now; it is kept, with the
+	// operator's name, in the saga's history and becomes its reason.
+	Note string `json:"note"`
+}
+
+// checkNote validates an operator's note; what says what it must tell.
+func checkNote(note string, required bool, what string) error {
+	switch {
+	case required && strings.TrimSpace(note) == "":
+		return &Problem{Type: TypeValidation, Title: "Unprocessable Content", Status: http.StatusUnprocessableEntity,
+			Detail: "note is required: " + what,
+			Errors: []order.FieldError{{Field: "note", Reason: "is required"}}}
+	case utf8.RuneCountInString(note) > MaxNoteLength:
+		reason := fmt.Sprintf("is longer than %d characters", MaxNoteLength)
+		return &Problem{Type: TypeValidation, Title: "Unprocessable Content", Status: http.StatusUnprocessableEntity,
+			Detail: "note " + reason, Errors: []order.FieldError{{Field: "note", Reason: reason}}}
+	}
+	return nil
+}
+
 // retrySaga is POST /sagas/{id}/retry.
 func (s *server) retrySaga(w http.ResponseWriter, r *http.Request) error {
+	if _, err := pathID(r); err != nil {
+		return err
+	}
+	var req RetryRequest
+	if r.ContentLength != 0 { // the body is optional
+		if err := s.decodeJSON(w, r, &req, reflect.TypeFor[RetryRequest]()); err != nil {
+			return err
+		}
+		if err := checkNote(req.Note, false, ""); err != nil {
+			return err
+		}
+	}
 	return s.operate(w, r, "retry", func(ctx context.Context, id uuid.UUID) error {
-		// The engine's retry entry takes no text: who retried is in the
-		// log line of operate, not in the saga's history.
-		_, err := s.cfg.Engine.Retry(ctx, id)
+		_, err := s.cfg.Engine.Retry(ctx, id, resolutionNote(operatorName(ctx), req.Note))
+		return err
+	})
+}
+
+// abortSaga is POST /sagas/{id}/abort.
+func (s *server) abortSaga(w http.ResponseWriter, r *http.Request) error {
+	if _, err := pathID(r); err != nil {
+		return err
+	}
+	var req AbortRequest
+	if err := s.decodeJSON(w, r, &req, reflect.TypeFor[AbortRequest]()); err != nil {
+		return err
+	}
+	if err := checkNote(req.Note, true, "say why the saga is compensated now"); err != nil {
+		return err
+	}
+	return s.operate(w, r, "abort", func(ctx context.Context, id uuid.UUID) error {
+		_, err := s.cfg.Engine.Abort(ctx, id, resolutionNote(operatorName(ctx), req.Note))
 		return err
 	})
 }
@@ -316,15 +373,8 @@ func (s *server) resolveSaga(w http.ResponseWriter, r *http.Request) error {
 	if err := s.decodeJSON(w, r, &req, reflect.TypeFor[ResolveRequest]()); err != nil {
 		return err
 	}
-	switch {
-	case strings.TrimSpace(req.Note) == "":
-		return &Problem{Type: TypeValidation, Title: "Unprocessable Content", Status: http.StatusUnprocessableEntity,
-			Detail: "note is required: say what was done by hand to undo the saga's remaining steps",
-			Errors: []order.FieldError{{Field: "note", Reason: "is required"}}}
-	case utf8.RuneCountInString(req.Note) > MaxNoteLength:
-		reason := fmt.Sprintf("is longer than %d characters", MaxNoteLength)
-		return &Problem{Type: TypeValidation, Title: "Unprocessable Content", Status: http.StatusUnprocessableEntity,
-			Detail: "note " + reason, Errors: []order.FieldError{{Field: "note", Reason: reason}}}
+	if err := checkNote(req.Note, true, "say what was done by hand to undo the saga's remaining steps"); err != nil {
+		return err
 	}
 	return s.operate(w, r, "resolve", func(ctx context.Context, id uuid.UUID) error {
 		_, err := s.cfg.Engine.Resolve(ctx, id, resolutionNote(operatorName(ctx), req.Note))
@@ -336,8 +386,11 @@ func (s *server) resolveSaga(w http.ResponseWriter, r *http.Request) error {
 // operator's note, after the name of who resolved (the engine has no field
 // for it).
 func resolutionNote(who, note string) string {
-	if who == "" {
+	switch {
+	case who == "":
 		return note
+	case note == "":
+		return "operator " + who
 	}
 	return "operator " + who + ": " + note
 }

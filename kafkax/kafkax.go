@@ -392,6 +392,21 @@ func (t Topics) Consumed() []string {
 	return []string{t.InventoryCommands, t.PaymentCommands, t.ShippingCommands, t.SagaReplies}
 }
 
+// ConsumedBy returns the topic consumer (one of Consumers) reads, or "".
+func (t Topics) ConsumedBy(consumer string) string {
+	switch consumer {
+	case "inventory":
+		return t.InventoryCommands
+	case "payment":
+		return t.PaymentCommands
+	case "shipping":
+		return t.ShippingCommands
+	case "orchestrator":
+		return t.SagaReplies
+	}
+	return ""
+}
+
 // DeadLetterTopics lists the dead-letter topics of every consumer.
 func (t Topics) DeadLetterTopics() []string {
 	var out []string

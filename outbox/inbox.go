@@ -318,7 +318,9 @@ type ConsumerConfig struct {
 func DeadLetterTopicOf(group string) string { return group + ".dlq" }
 
 // AddConsumer registers c on router. The middleware order is: dead-letter
-// (outermost), then bounded retries, then panic recovery, then the inbox.
+// (outermost; the dead letter keeps the message's origin partition, offset,
+// key, consumer group and attempts as headers), then bounded retries, then
+// panic recovery, then the inbox.
 // A permanent error skips the retries. A transient error (database down) is
 // retried and then nacked, so Kafka redelivers it; it is never dead-lettered,
 // because the message is fine and the dead-letter topics must only hold bad
@@ -382,6 +384,6 @@ func AddConsumer(router *message.Router, c ConsumerConfig) error {
 		}
 	}
 	h := router.AddConsumerHandler(c.Name, c.Topic, c.Subscriber, handle)
-	h.AddMiddleware(poison, capped.middleware, retry.Middleware, middleware.Recoverer)
+	h.AddMiddleware(poison, stampOrigin(c.Name), capped.middleware, retry.Middleware, middleware.Recoverer, countAttempts)
 	return nil
 }

@@ -61,6 +61,7 @@ const (
 	EventDeadlineHeld     = "deadline held"
 	EventOperatorRetry    = "retried by operator"
 	EventOperatorResolved = "resolved by operator"
+	EventOperatorAborted  = "aborted by operator"
 )
 
 // Instance is one saga.
@@ -583,8 +584,8 @@ func (e *Engine) markStuck(w *writes, def *Definition, in *Instance, kind Kind, 
 }
 
 // Retry resumes a stuck saga: its compensation is sent again with a fresh
-// set of attempts.
-func (e *Engine) Retry(ctx context.Context, id uuid.UUID) (*Instance, error) {
+// set of attempts. note (who retried and why) is kept in the history entry.
+func (e *Engine) Retry(ctx context.Context, id uuid.UUID, note string) (*Instance, error) {
 	return e.operate(ctx, id, func(tx pgx.Tx, w *writes, def *Definition, in *Instance) error {
 		if in.State != Stuck {
 			return fmt.Errorf("saga %s is %s, only a stuck saga can be retried: %w", id, in.State, ErrConflict)
@@ -592,7 +593,7 @@ func (e *Engine) Retry(ctx context.Context, id uuid.UUID) (*Instance, error) {
 		if in.Step < 0 || in.Step >= len(def.Steps) {
 			return fmt.Errorf("saga %s is on step %d, which type %s no longer has: resolve it instead: %w", id, in.Step, in.Type, ErrConflict)
 		}
-		e.history(w, in.ID, def.Steps[in.Step].Name, KindCompensation, in.Attempt, EventOperatorRetry, "", uuid.Nil)
+		e.history(w, in.ID, def.Steps[in.Step].Name, KindCompensation, in.Attempt, EventOperatorRetry, note, uuid.Nil)
 		in.State, in.Attempt = Compensating, 1
 		return e.advance(w, def, in, KindCompensation, "")
 	})
@@ -607,6 +608,25 @@ func (e *Engine) Resolve(ctx context.Context, id uuid.UUID, note string) (*Insta
 		}
 		e.history(w, in.ID, def.stepName(in.Step), KindCompensation, in.Attempt, EventOperatorResolved, note, uuid.Nil)
 		return e.finish(w, def, in, Compensated, in.Reason)
+	})
+}
+
+// Abort compensates a running saga now, as if its current step had failed:
+// the compensations of the steps done are sent in reverse order, the
+// current step's included (its action may be in flight: a participant that
+// meets the compensation first leaves a tombstone and refuses the late
+// action without effect). note (who aborted and why) is kept in the
+// history and becomes the saga's reason.
+func (e *Engine) Abort(ctx context.Context, id uuid.UUID, note string) (*Instance, error) {
+	return e.operate(ctx, id, func(tx pgx.Tx, w *writes, def *Definition, in *Instance) error {
+		if in.State != Running {
+			return fmt.Errorf("saga %s is %s, only a running saga can be aborted: %w", id, in.State, ErrConflict)
+		}
+		if in.Step < 0 || in.Step >= len(def.Steps) {
+			return fmt.Errorf("saga %s is on step %d, which type %s no longer has: %w", id, in.Step, in.Type, ErrConflict)
+		}
+		e.history(w, in.ID, def.Steps[in.Step].Name, KindAction, in.Attempt, EventOperatorAborted, note, uuid.Nil)
+		return e.compensate(w, def, in, in.Step, "aborted by operator: "+note, "")
 	})
 }
 

@@ -3,6 +3,7 @@ package saga_test
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"slices"
 	"strconv"
@@ -360,7 +361,7 @@ func TestCompensationStuckThenRetriedAndResolved(t *testing.T) {
 	if err != nil || len(stuck) != 1 || stuck[0].ID != id {
 		t.Fatalf("stuck list %v (err %v)", stuck, err)
 	}
-	if _, err := e.engine.Retry(ctx, id); err != nil {
+	if _, err := e.engine.Retry(ctx, id, "test"); err != nil {
 		t.Fatal(err)
 	}
 	if in := e.get(id); in.State != saga.Compensating || in.Attempt != 1 {
@@ -374,12 +375,48 @@ func TestCompensationStuckThenRetriedAndResolved(t *testing.T) {
 	if in := e.get(id); in.State != saga.Compensated {
 		t.Fatalf("after resolve: %s", in.State)
 	}
-	if _, err := e.engine.Retry(ctx, id); err == nil {
+	if _, err := e.engine.Retry(ctx, id, "test"); err == nil {
 		t.Fatal("retrying a compensated saga succeeded")
 	}
 	want := []string{"a.do#1", "b.do#1", "a.undo#1", "a.undo#2", "a.undo#1", "a.undo#2"}
 	if got := e.types(id); !equal(got, want) {
 		t.Fatalf("commands %v, want %v", got, want)
+	}
+}
+
+// An operator aborts a running saga: the steps done are compensated in
+// reverse order, the current one's included (its action may be in flight);
+// the operator's note is in the history and the reason; the late reply to
+// the action is stale. Only a running saga can be aborted.
+func TestAbortCompensatesRunningSaga(t *testing.T) {
+	t.Parallel()
+	e := setup(t, threeSteps(time.Minute, 1, 2, false))
+	ctx := context.Background()
+	id := e.start()
+	e.reply(id, "a", saga.KindAction, 1, saga.Succeeded, "")
+	if _, err := e.engine.Abort(ctx, id, "operator alice: customer called to cancel"); err != nil {
+		t.Fatal(err)
+	}
+	in := e.get(id)
+	if in.State != saga.Compensating || in.Reason != "aborted by operator: operator alice: customer called to cancel" {
+		t.Fatalf("after abort: %s (%s)", in.State, in.Reason)
+	}
+	e.reply(id, "b", saga.KindAction, 1, saga.Succeeded, "") // the in-flight action answers late
+	e.reply(id, "b", saga.KindCompensation, 1, saga.Succeeded, "")
+	e.reply(id, "a", saga.KindCompensation, 1, saga.Succeeded, "")
+	if in := e.get(id); in.State != saga.Compensated {
+		t.Fatalf("state %s, want compensated", in.State)
+	}
+	want := []string{"a.do#1", "b.do#1", "b.undo#1", "a.undo#1"}
+	if got := e.types(id); !equal(got, want) {
+		t.Fatalf("commands %v, want %v", got, want)
+	}
+	events := strings.Join(e.events(id), "; ")
+	if !strings.Contains(events, "b/action/1 "+saga.EventOperatorAborted) || !strings.Contains(events, saga.EventStaleReply) {
+		t.Fatalf("history %v lacks the abort or the stale reply", events)
+	}
+	if _, err := e.engine.Abort(ctx, id, "again"); !errors.Is(err, saga.ErrConflict) {
+		t.Fatalf("aborting a compensated saga: %v, want a conflict", err)
 	}
 }
 

@@ -183,6 +183,60 @@ func (inventory) undo(ctx context.Context, tx pgx.Tx, _ *pgx.Batch, sagaID uuid.
 	return nil
 }
 
+// StockLevel is one SKU's stock: Available can be reserved; Held is held
+// by live reservations (sagas in flight or completed); Initial is every
+// unit ever put into stock (Available + Held).
+type StockLevel struct {
+	SKU       string `json:"sku"`
+	Available int    `json:"available"`
+	Held      int    `json:"held"`
+	Initial   int    `json:"initial"`
+}
+
+// Querier is what ListStock reads through.
+type Querier interface {
+	Query(ctx context.Context, sql string, args ...any) (pgx.Rows, error)
+}
+
+// ListStock returns up to limit SKUs after the SKU after (empty: from the
+// first), in SKU order.
+func ListStock(ctx context.Context, db Querier, after string, limit int) ([]StockLevel, error) {
+	rows, err := db.Query(ctx, `SELECT sku, available, initial - available, initial FROM inventory.stock
+		WHERE sku > $1 ORDER BY sku LIMIT $2`, after, limit)
+	if err != nil {
+		return nil, fmt.Errorf("list stock: %w", err)
+	}
+	levels, err := pgx.CollectRows(rows, pgx.RowToStructByPos[StockLevel])
+	if err != nil {
+		return nil, fmt.Errorf("list stock: %w", err)
+	}
+	return levels, nil
+}
+
+// SetStock sets a SKU's available units (adding the SKU if new) while
+// orders run: the change is applied to the row as locked, so the units
+// held by reservations in flight stay held and `sagaflow verify`'s stock
+// invariant holds. It returns the SKU's new level.
+func SetStock(ctx context.Context, db Querier, sku string, available int) (StockLevel, error) {
+	switch {
+	case strings.TrimSpace(sku) == "" || len(sku) > 200:
+		return StockLevel{}, fmt.Errorf("set stock: SKU %q must be 1 to 200 characters", sku)
+	case available < 0 || available > math.MaxInt32:
+		return StockLevel{}, fmt.Errorf("set stock of %s: %d units, want 0 to %d", sku, available, math.MaxInt32)
+	}
+	rows, err := db.Query(ctx, `INSERT INTO inventory.stock AS s (sku, available, initial) VALUES ($1, $2, $2)
+		ON CONFLICT (sku) DO UPDATE SET initial = s.initial + (EXCLUDED.available - s.available), available = EXCLUDED.available
+		RETURNING sku, available, initial - available, initial`, sku, available)
+	if err != nil {
+		return StockLevel{}, fmt.Errorf("set stock of %s: %w", sku, err)
+	}
+	level, err := pgx.CollectExactlyOneRow(rows, pgx.RowToStructByPos[StockLevel])
+	if err != nil {
+		return StockLevel{}, fmt.Errorf("set stock of %s: %w", sku, err)
+	}
+	return level, nil
+}
+
 // DB is what SeedStock writes through: a pool, a connection or a
 // transaction.
 type DB interface {

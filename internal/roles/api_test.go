@@ -9,6 +9,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"strings"
 	"testing"
 	"time"
 
@@ -189,5 +190,39 @@ func TestAPIConfigReachesTheAPI(t *testing.T) {
 	if code, _, _ := e.request(http.MethodPost, "/orders", orderBody(oneItem("sku-1", 1), nil, "DE"),
 		"Content-Type", "application/json", "Idempotency-Key", "open"); code != http.StatusAccepted {
 		t.Errorf("POST /orders without a token: %d", code)
+	}
+}
+
+// GET /stock lists the inventory's stock; PUT /stock/{sku} sets a SKU's
+// units for an operator (and adds a new SKU), refusing a negative quantity.
+func TestStockRoutes(t *testing.T) {
+	t.Parallel()
+	tokens, err := api.ParseTokenList("ops:ops-token-0123456789")
+	if err != nil {
+		t.Fatal(err)
+	}
+	e := setup(t, func(c *roles.Config) {
+		c.Roles = []string{roles.API}
+		c.OperatorTokens = tokens
+	})
+	op := []string{"Authorization", "Bearer ops-token-0123456789", "Content-Type", "application/json"}
+	if code, _, b := e.request(http.MethodPut, "/stock/new-sku", []byte(`{"available":7}`), "Content-Type", "application/json"); code != http.StatusUnauthorized {
+		t.Errorf("PUT /stock without a token: %d %s", code, b)
+	}
+	if code, _, b := e.request(http.MethodPut, "/stock/new-sku", []byte(`{"available":-1}`), op...); code != http.StatusUnprocessableEntity {
+		t.Errorf("PUT /stock with -1: %d %s", code, b)
+	}
+	if code, _, b := e.request(http.MethodPut, "/stock/new-sku", []byte(`{"available":7}`), op...); code != http.StatusOK || !strings.Contains(string(b), `"available":7`) {
+		t.Fatalf("PUT /stock/new-sku: %d %s", code, b)
+	}
+	code, _, b := e.request(http.MethodGet, "/stock?limit=2", nil)
+	var list api.StockList
+	if code != http.StatusOK || json.Unmarshal(b, &list) != nil || len(list.Stock) != 2 || list.Next != "new-sku" {
+		t.Fatalf("GET /stock?limit=2: %d %s", code, b)
+	}
+	var page2 api.StockList
+	code, _, b = e.request(http.MethodGet, "/stock?after="+list.Next, nil)
+	if code != http.StatusOK || json.Unmarshal(b, &page2) != nil || len(page2.Stock) != 2 || page2.Stock[1].SKU != "sku-2" || page2.Next != "" {
+		t.Fatalf("GET /stock?after=new-sku: %d %s", code, b)
 	}
 }

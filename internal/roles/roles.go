@@ -1,9 +1,9 @@
 // Package roles assembles Sagaflow's services from its packages and runs
 // them: the order API, the orchestrator (reply consumer and deadline
 // sweeper), the three participants, and the outbox relay with inbox
-// retention. `sagaflow serve --role …` runs one role per process (several
-// instances of each may run); `sagaflow dev` and the tests run them all in
-// one process.
+// retention and the dead-letter ingester. `sagaflow serve --role …` runs
+// one role per process (several instances of each may run); `sagaflow dev`
+// and the tests run them all in one process.
 package roles
 
 import (
@@ -22,6 +22,7 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/sagaflow/sagaflow/api"
+	"github.com/sagaflow/sagaflow/deadletter"
 	"github.com/sagaflow/sagaflow/kafkax"
 	"github.com/sagaflow/sagaflow/order"
 	"github.com/sagaflow/sagaflow/outbox"
@@ -39,6 +40,10 @@ const (
 	Relay        = "relay"
 	All          = "all"
 )
+
+// DeadLetterGroup is the consumer (group name suffix) of the dead-letter
+// ingester, which the relay role runs.
+const DeadLetterGroup = "deadletters"
 
 // Names lists every role but All.
 var Names = []string{API, Orchestrator, Inventory, Payment, Shipping, Relay}
@@ -78,6 +83,9 @@ type Config struct {
 	DeliveryStallAfter time.Duration
 	// InboxRetention is how long inbox rows are kept (default 7 days).
 	InboxRetention time.Duration
+	// DeadLetterRetention is how long recorded dead letters are kept
+	// (default deadletter.DefaultRetention; negative: for ever).
+	DeadLetterRetention time.Duration
 	// MetricsAddr, when set, serves Prometheus metrics at /metrics there.
 	MetricsAddr string
 	Logger      *slog.Logger
@@ -109,6 +117,8 @@ type Stack struct {
 	Engine *saga.Engine
 	Orders *order.Service
 	Relay  *outbox.Relay
+	// Ingester records dead letters (role relay).
+	Ingester *deadletter.Ingester
 	// Addr is the API's address once it listens.
 	Addr string
 
@@ -210,7 +220,7 @@ func (s *Stack) Run(ctx context.Context) error {
 	wlog := watermill.NewSlogLoggerWithLevelMapping(log, map[slog.Level]slog.Level{slog.LevelInfo: slog.LevelDebug})
 
 	var wg sync.WaitGroup
-	errs := make(chan error, 8)
+	errs := make(chan error, 16)
 	goRun := func(name string, fn func(context.Context) error) {
 		wg.Add(1)
 		go func() {
@@ -284,6 +294,10 @@ func (s *Stack) Run(ctx context.Context) error {
 		goRun("relay", relay.Run)
 		retention := outbox.NewRetention(outbox.RetentionConfig{Pool: cfg.Pool, Schemas: schemas, Window: cfg.InboxRetention, Logger: log})
 		goRun("inbox retention", retention.Run)
+		ingester := deadletter.NewIngester(deadletter.IngesterConfig{Kafka: cfg.Kafka, Topics: cfg.Topics.DeadLetterTopics(),
+			Group: cfg.Topics.Group(DeadLetterGroup), Store: deadletter.NewStore(cfg.Pool), Retention: cfg.DeadLetterRetention, Logger: log})
+		s.Ingester = ingester
+		goRun("dead-letter ingester", ingester.Run)
 	}
 	if cfg.has(API) {
 		var injection func(string) error
@@ -303,7 +317,14 @@ func (s *Stack) Run(ctx context.Context) error {
 		if cfg.APIPool != nil {
 			pool, orders = cfg.APIPool, order.NewService(cfg.APIPool, s.Engine, cfg.Topics.OrderEvents)
 		}
+		replayPub, err := cfg.Kafka.NewPublisher(wlog)
+		if err != nil {
+			return err
+		}
+		closers = append(closers, func() { _ = replayPub.Close() })
+		deadLetters := deadletter.NewStore(pool)
 		srv := newAPIServer(api.Config{Pool: pool, Orders: orders, Engine: s.Engine, Logger: log, Injection: injection,
+			DeadLetters: deadLetters, Replayer: deadletter.NewReplayer(deadLetters, replayPub), Stock: stock{pool},
 			Ready:     func(ctx context.Context) error { return cfg.Kafka.Ping(ctx) },
 			Operators: cfg.OperatorTokens, ProtectReads: cfg.ProtectReads,
 			MaxInFlight: cfg.MaxInFlight, MaxSagasInFlight: cfg.MaxSagasInFlight, RequestTimeout: cfg.RequestTimeout, AcquireTimeout: cfg.AcquireTimeout})
@@ -366,4 +387,21 @@ func (s *Stack) register(router *message.Router, role string, sub message.Subscr
 		return err
 	}
 	return p.Register(router, sub, dlq)
+}
+
+// stock adapts the inventory participant's stock table to the API.
+type stock struct{ pool *pgxpool.Pool }
+
+func (s stock) List(ctx context.Context, after string, limit int) ([]api.StockLevel, error) {
+	levels, err := steps.ListStock(ctx, s.pool, after, limit)
+	out := make([]api.StockLevel, len(levels))
+	for i, l := range levels {
+		out[i] = api.StockLevel{SKU: l.SKU, Available: l.Available, Held: l.Held}
+	}
+	return out, err
+}
+
+func (s stock) Set(ctx context.Context, sku string, available int) (api.StockLevel, error) {
+	l, err := steps.SetStock(ctx, s.pool, sku, available)
+	return api.StockLevel{SKU: l.SKU, Available: l.Available, Held: l.Held}, err
 }

@@ -38,6 +38,10 @@ type env struct {
 	topics kafkax.Topics
 	stack  *roles.Stack
 	base   string
+	// cfg is the stack's configuration (start runs one); stop stops the
+	// one running.
+	cfg  roles.Config
+	stop func()
 }
 
 var testLog = slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
@@ -49,12 +53,8 @@ func setup(t *testing.T, tweak func(*roles.Config)) *env {
 	if err := steps.SeedStock(ctx, e.db.Pool, map[string]int{"sku-1": 1000, "sku-2": 1000, "hot": 100}); err != nil {
 		t.Fatal(err)
 	}
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
 	cfg := roles.Config{
-		Pool: e.db.Pool, Kafka: e.kafka, Topics: e.topics, Roles: []string{roles.All}, Listener: ln,
+		Pool: e.db.Pool, Kafka: e.kafka, Topics: e.topics, Roles: []string{roles.All},
 		AllowInjection: true, SweepInterval: 50 * time.Millisecond, Logger: testLog,
 		Crash: func(point string) { t.Errorf("unexpected injected crash at %s", point) },
 	}
@@ -64,26 +64,49 @@ func setup(t *testing.T, tweak func(*roles.Config)) *env {
 	if tweak != nil {
 		tweak(&cfg)
 	}
+	e.cfg = cfg
+	e.start()
+	return e
+}
+
+// start runs a stack of e.cfg on a new listener until the test ends or
+// the returned function stops it.
+func (e *env) start() (stop func()) {
+	e.t.Helper()
+	cfg := e.cfg
+	if cfg.Listener == nil {
+		ln, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			e.t.Fatal(err)
+		}
+		cfg.Listener = ln
+	}
+	var err error
 	e.stack, err = roles.New(cfg)
 	if err != nil {
-		t.Fatal(err)
+		e.t.Fatal(err)
 	}
-	runCtx, cancel := context.WithCancel(ctx)
+	runCtx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() { done <- e.stack.Run(runCtx) }()
-	t.Cleanup(func() {
-		cancel()
-		if err := <-done; err != nil {
-			t.Errorf("stack: %v", err)
-		}
-	})
+	var once sync.Once
+	stop = func() {
+		once.Do(func() {
+			cancel()
+			if err := <-done; err != nil {
+				e.t.Errorf("stack: %v", err)
+			}
+		})
+	}
+	e.t.Cleanup(stop)
+	e.stop = stop
 	select {
 	case <-e.stack.Ready():
 	case err := <-done:
-		t.Fatalf("stack did not start: %v", err)
+		e.t.Fatalf("stack did not start: %v", err)
 	}
 	e.base = "http://" + e.stack.Addr
-	return e
+	return stop
 }
 
 // orderBody is a valid order; inject and items vary per test.
