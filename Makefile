@@ -24,19 +24,23 @@ dev: build
 # (package chaos) run after the other packages, alone: on 2 cores, packages
 # that start brokers of their own beside them starved the scenarios' roles
 # into step timeouts. The broker is stopped whatever the tests' outcome, and
-# the tests' status is the exit status. Before the broker starts, every fuzz
+# the tests' status is the exit status. The console's browser tests drive
+# Debian's Chromium (scripts/chromium installs it) and save their screenshots
+# in TEST_OUT/screenshots. Before the broker starts, every fuzz
 # target runs FUZZTIME executions (target fuzz); a failure stops make test there.
 test:
 	$(GO) vet ./...
 	$(MAKE) --no-print-directory fuzz
 	@set -e; \
+	chromium=$$(scripts/chromium | tail -n 1); \
 	out=$$($(KAFKA) start --fresh --dir $(KAFKA_DIR)) || { echo "$$out"; exit 1; }; \
 	brokers=$$(echo "$$out" | tail -n 1 | sed 's/^KAFKA_BROKERS=//'); \
 	echo "real Kafka broker at $$brokers"; \
 	status=0; \
 	rm -f $(CHAOS_REPORT); \
-	export KAFKA_BROKERS=$$brokers SAGAFLOW_KAFKA_SCRIPT=$(CURDIR)/$(KAFKA) SAGAFLOW_CHAOS_REPORT=$(CHAOS_REPORT); \
-	rm -rf $(TEST_OUT); mkdir -p $(TEST_OUT); \
+	rm -rf $(TEST_OUT); mkdir -p $(TEST_OUT)/screenshots; \
+	export KAFKA_BROKERS=$$brokers SAGAFLOW_KAFKA_SCRIPT=$(CURDIR)/$(KAFKA) SAGAFLOW_CHAOS_REPORT=$(CHAOS_REPORT) \
+		SAGAFLOW_CHROMIUM=$$chromium SAGAFLOW_REQUIRE_BROWSER=1 SAGAFLOW_SCREENSHOTS=$(TEST_OUT)/screenshots; \
 	{ $(GO) test -race -count=1 -timeout $(TEST_TIMEOUT) $$($(GO) list ./... | grep -v '/chaos$$') 2>&1; \
 	  echo $$? > $(TEST_OUT)/packages.status; } | tee $(TEST_OUT)/packages.log; \
 	{ $(GO) test -race -count=1 -timeout $(TEST_TIMEOUT) ./chaos 2>&1; \

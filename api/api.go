@@ -133,6 +133,9 @@ type Config struct {
 	// Without any, operator actions are refused (403): an API reachable by
 	// clients must not let them resolve sagas.
 	Operators *Tokens
+	// ReadOnly refuses every operator action (403), whoever asks: the
+	// console's read-only mode.
+	ReadOnly bool
 	// ProtectReads makes the reads (GET /orders/{id}, GET /sagas…) need an
 	// operator token too. POST /orders, the health checks and the OpenAPI
 	// document stay open.

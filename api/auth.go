@@ -33,6 +33,10 @@ func (s *server) authorize(r *http.Request, a access) (string, error) {
 	if a == public || (a == reader && !s.cfg.ProtectReads) {
 		return "", nil
 	}
+	if a == operator && s.cfg.ReadOnly {
+		return "", &Problem{Type: TypeForbidden, Title: "Forbidden", Status: http.StatusForbidden,
+			Detail: "this server is read-only (serve --console-read-only): operator actions are refused"}
+	}
 	if s.cfg.Operators.Len() == 0 {
 		s.log.InfoContext(r.Context(), "request refused: no operator tokens configured", "method", r.Method, "path", r.URL.Path, "remote", r.RemoteAddr)
 		detail := "operator actions are off: this server has no operator tokens; " + configureTokens

@@ -41,6 +41,12 @@ WHERE id = $1 AND status = 'pending'`
 FROM orders.orders WHERE id = $1`
 
 	sqlOrderIDBySaga = `SELECT id FROM orders.orders WHERE saga_id = $1`
+
+	// sqlFindSagas finds orders by any of their ids: order id, saga id
+	// ($1, when a UUID), idempotency key or customer id ($2).
+	sqlFindSagas = `SELECT saga_id FROM orders.orders
+WHERE id = $1 OR saga_id = $1 OR idempotency_key = $2 OR customer_id = $2
+ORDER BY created_at DESC LIMIT $3`
 )
 
 // Order is a placed order.
@@ -105,4 +111,22 @@ func OrderIDOfSaga(ctx context.Context, q saga.Querier, sagaID uuid.UUID) (uuid.
 		return uuid.Nil, fmt.Errorf("read order of saga %s: %w", sagaID, err)
 	}
 	return id, nil
+}
+
+// FindSagas returns the sagas of up to limit orders, newest first, that
+// text names: an order id, a saga id, an idempotency key or a customer id.
+func FindSagas(ctx context.Context, q saga.Querier, text string, limit int) ([]uuid.UUID, error) {
+	var id *uuid.UUID
+	if u, err := uuid.Parse(text); err == nil {
+		id = &u
+	}
+	rows, err := q.Query(ctx, sqlFindSagas, id, text, limit)
+	if err != nil {
+		return nil, fmt.Errorf("find orders by %q: %w", text, err)
+	}
+	ids, err := pgx.CollectRows(rows, pgx.RowTo[uuid.UUID])
+	if err != nil {
+		return nil, fmt.Errorf("find orders by %q: %w", text, err)
+	}
+	return ids, nil
 }

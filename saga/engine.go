@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"slices"
 	"time"
 
 	"github.com/ThreeDotsLabs/watermill/message"
@@ -628,6 +629,30 @@ func (e *Engine) Abort(ctx context.Context, id uuid.UUID, note string) (*Instanc
 		e.history(w, in.ID, def.Steps[in.Step].Name, KindAction, in.Attempt, EventOperatorAborted, note, uuid.Nil)
 		return e.compensate(w, def, in, in.Step, "aborted by operator: "+note, "")
 	})
+}
+
+// Steps returns the names of the steps of saga type typ, in order (nil for
+// a type this engine does not define).
+func (e *Engine) Steps(typ string) []string {
+	def, ok := e.defs[typ]
+	if !ok {
+		return nil
+	}
+	names := make([]string, len(def.Steps))
+	for i, s := range def.Steps {
+		names[i] = s.Name
+	}
+	return names
+}
+
+// Types returns the saga types this engine defines.
+func (e *Engine) Types() []string {
+	types := make([]string, 0, len(e.defs))
+	for t := range e.defs {
+		types = append(types, t)
+	}
+	slices.Sort(types)
+	return types
 }
 
 // ErrNotFound and ErrConflict classify operator errors.

@@ -107,3 +107,89 @@ func CountByState(ctx context.Context, q Querier) (map[State]int64, error) {
 	}
 	return out, rows.Err()
 }
+
+// Filter selects sagas for Search; a zero field matches everything.
+type Filter struct {
+	State State
+	Type  string
+	// Step is the index of the step the saga is on (nil: any).
+	Step *int
+	// CreatedBefore selects sagas older than a time.
+	CreatedBefore time.Time
+	// ReasonContains matches the reason, case-insensitively.
+	ReasonContains string
+	// IDs selects these sagas only.
+	IDs []uuid.UUID
+	// Before pages: sagas with ids below it (the last of the page before).
+	Before *uuid.UUID
+}
+
+// Search returns up to limit sagas matching f, newest first.
+func Search(ctx context.Context, q Querier, f Filter, limit int) ([]*Instance, error) {
+	var before *time.Time
+	if !f.CreatedBefore.IsZero() {
+		before = &f.CreatedBefore
+	}
+	var ids []uuid.UUID
+	if len(f.IDs) > 0 {
+		ids = f.IDs
+	}
+	rows, err := q.Query(ctx, sqlSearch, string(f.State), f.Type, f.Step, before, f.ReasonContains, ids, f.Before, limit)
+	if err != nil {
+		return nil, fmt.Errorf("search sagas: %w", err)
+	}
+	out, err := scanInstances(rows)
+	if err != nil {
+		return nil, fmt.Errorf("search sagas: %w", err)
+	}
+	return out, nil
+}
+
+// HistoryPage returns up to limit history entries of saga id after seq
+// afterSeq, and the saga's whole history length.
+func HistoryPage(ctx context.Context, q Querier, id uuid.UUID, afterSeq int64, limit int) ([]HistoryEntry, int64, error) {
+	var total int64
+	if err := q.QueryRow(ctx, sqlHistoryCount, id).Scan(&total); err != nil {
+		return nil, 0, fmt.Errorf("count history of saga %s: %w", id, err)
+	}
+	rows, err := q.Query(ctx, sqlHistoryPage, id, afterSeq, limit)
+	if err != nil {
+		return nil, 0, fmt.Errorf("read history of saga %s: %w", id, err)
+	}
+	h, err := pgx.CollectRows(rows, func(r pgx.CollectableRow) (HistoryEntry, error) {
+		var e HistoryEntry
+		err := r.Scan(&e.Seq, &e.Step, &e.Kind, &e.Attempt, &e.Event, &e.Reason, &e.MessageID, &e.At)
+		return e, err
+	})
+	if err != nil {
+		return nil, 0, fmt.Errorf("read history of saga %s: %w", id, err)
+	}
+	return h, total, nil
+}
+
+// Minute is the sagas that ended in one minute.
+type Minute struct {
+	At        time.Time
+	Ended     int64
+	Completed int64
+	// P50 and P99 are the durations (placement to end) in milliseconds.
+	P50, P99 float64
+}
+
+// Throughput returns the sagas ended per minute since since, oldest first
+// (minutes without any are absent).
+func Throughput(ctx context.Context, q Querier, since time.Time) ([]Minute, error) {
+	rows, err := q.Query(ctx, sqlThroughput, since)
+	if err != nil {
+		return nil, fmt.Errorf("sagas per minute: %w", err)
+	}
+	out, err := pgx.CollectRows(rows, func(r pgx.CollectableRow) (Minute, error) {
+		var m Minute
+		err := r.Scan(&m.At, &m.Ended, &m.Completed, &m.P50, &m.P99)
+		return m, err
+	})
+	if err != nil {
+		return nil, fmt.Errorf("sagas per minute: %w", err)
+	}
+	return out, nil
+}

@@ -65,6 +65,32 @@ WHERE ($1 = '' OR state = $1) AND ($2::uuid IS NULL OR id > $2)
 ORDER BY id
 LIMIT $3`
 
+	// sqlSearch pages through sagas newest first (ids below $7) with the
+	// console's filters; an empty or zero one matches everything.
+	sqlSearch = `SELECT id, type, state, step, attempt, completed, data, COALESCE(reason, ''), step_deadline, deadline, version,
+	created_at, updated_at, ended_at
+FROM saga.instances
+WHERE ($1 = '' OR state = $1) AND ($2 = '' OR type = $2) AND ($3::int IS NULL OR step = $3)
+	AND ($4::timestamptz IS NULL OR created_at < $4) AND ($5 = '' OR reason ILIKE '%' || $5 || '%')
+	AND ($6::uuid[] IS NULL OR id = ANY($6)) AND ($7::uuid IS NULL OR id < $7)
+ORDER BY id DESC
+LIMIT $8`
+
+	// sqlHistoryPage is a page of a saga's history after seq $2.
+	sqlHistoryPage = `SELECT seq, step, kind, attempt, event, COALESCE(reason, ''), message_id, at
+FROM saga.history WHERE saga_id = $1 AND seq > $2 ORDER BY seq LIMIT $3`
+
+	sqlHistoryCount = `SELECT count(*) FROM saga.history WHERE saga_id = $1`
+
+	// sqlThroughput: sagas ended per minute since $1, with the p50 and p99
+	// of their durations in milliseconds.
+	sqlThroughput = `SELECT date_trunc('minute', ended_at) AS minute, count(*),
+	count(*) FILTER (WHERE state = 'completed'),
+	percentile_cont(0.5) WITHIN GROUP (ORDER BY extract(epoch FROM ended_at - created_at) * 1000),
+	percentile_cont(0.99) WITHIN GROUP (ORDER BY extract(epoch FROM ended_at - created_at) * 1000)
+FROM saga.instances WHERE ended_at >= $1
+GROUP BY minute ORDER BY minute`
+
 	sqlCountByState = `SELECT state, count(*) FROM saga.instances GROUP BY state`
 
 	// sqlCountInFlight counts the sagas the sweeper's partial index holds.

@@ -113,6 +113,7 @@ func runDev(ctx context.Context, args []string, stdout io.Writer) error {
 
 	fmt.Fprintf(stdout, "sagaflow dev is running (Ctrl-C stops it)\n")
 	fmt.Fprintf(stdout, "  API           http://%s  (OpenAPI at /openapi.json)\n", stack.Addr)
+	fmt.Fprintf(stdout, "  console       http://%s%s/  (actions ask for the operator token below)\n", stack.Addr, roles.ConsolePath)
 	fmt.Fprintf(stdout, "  DATABASE_URL=%s   (migration version %d; log %s)\n", dbURL, v, pg.LogFile())
 	fmt.Fprintf(stdout, "  KAFKA_BROKERS=%s   (embedded, data in %s)\n", kafka.Brokers()[0], filepath.Join(*dir, "kafka"))
 	fmt.Fprintf(stdout, "  demo stock    %s\n\n", demoStockLine())

@@ -237,7 +237,8 @@ func runServe(ctx context.Context, args []string, stdout io.Writer) error {
 	af.register(fs)
 	tokenFile := fs.String("operator-tokens", "", "file of operator tokens, one name:token a line (# comments); the API's operator actions need one, "+
 		"and the name is recorded as who acted; $"+api.EnvOperatorTokens+" may hold more (name:token, comma separated). None: operator actions are refused")
-	protectReads := fs.Bool("protect-reads", false, "the API's reads (GET /orders/{id}, GET /sagas…) need an operator token too (POST /orders, /healthz, /readyz stay open)")
+	protectReads := fs.Bool("protect-reads", false, "the API's reads (GET /orders/{id}, GET /sagas…) need an operator token too (POST /orders, /healthz, /readyz stay open); the console, which has no login yet, is then not served")
+	readOnly := fs.Bool("console-read-only", false, "the console at /ui/ shows no action and the API refuses every operator action")
 	metricsAddr := fs.String("metrics", env("SAGAFLOW_METRICS", ""), "serve Prometheus metrics at http://ADDR/metrics (e.g. 127.0.0.1:9090); off when empty")
 	strictTopics := fs.Bool("strict-topics", false, "refuse to start when an existing topic has fewer partitions, another replication factor or another min.insync.replicas than configured (default: warn)")
 	inboxRetention := fs.Duration("inbox-retention", outbox.DefaultInboxRetention, "how long inboxes remember applied message ids; must exceed each consumed topic's retention.ms + segment.ms (checked at start)")
@@ -299,7 +300,7 @@ func runServe(ctx context.Context, args []string, stdout io.Writer) error {
 		Pool: pool, Kafka: kcfg, Topics: c.topics(), Roles: roleNames, HTTPAddr: *httpAddr,
 		Saga: sf.config(), DeliveryStallAfter: sf.stallAfter, AllowInjection: *allowInjection, Inject: injected, DuplicateRelay: *duplicate,
 		OutboxMode: mode, Crash: crash, MetricsAddr: *metricsAddr,
-		APIPool: apiPool, OperatorTokens: tokens, ProtectReads: *protectReads, MaxInFlight: af.maxInFlight, MaxSagasInFlight: af.maxSagasInFlight, InboxRetention: *inboxRetention,
+		APIPool: apiPool, OperatorTokens: tokens, ProtectReads: *protectReads, ReadOnly: *readOnly, MaxInFlight: af.maxInFlight, MaxSagasInFlight: af.maxSagasInFlight, InboxRetention: *inboxRetention,
 	})
 	if err != nil {
 		return err

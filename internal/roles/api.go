@@ -7,6 +7,9 @@ import (
 	"github.com/sagaflow/sagaflow/api"
 )
 
+// ConsolePath is where the api role serves the operator console.
+const ConsolePath = "/ui"
+
 // Timeouts of the API's HTTP server besides the request's own
 // (api.Config.RequestTimeout).
 const (
@@ -27,13 +30,20 @@ const (
 // timeout, inside the API), the answer (the request timeout and
 // apiWriteMargin) and an idle connection (apiIdleTimeout). Load beyond
 // cfg.MaxInFlight is answered 503 by the API.
-func newAPIServer(cfg api.Config) *http.Server {
+func newAPIServer(cfg api.Config, ui http.Handler) *http.Server {
 	timeout := cfg.RequestTimeout
 	if timeout <= 0 {
 		timeout = api.DefaultRequestTimeout
 	}
+	var handler http.Handler = api.New(cfg)
+	if ui != nil {
+		mux := http.NewServeMux()
+		mux.Handle(ConsolePath+"/", http.StripPrefix(ConsolePath, ui))
+		mux.Handle("/", handler)
+		handler = mux
+	}
 	return &http.Server{
-		Handler:           api.New(cfg),
+		Handler:           handler,
 		ReadHeaderTimeout: apiHeaderTimeout,
 		ReadTimeout:       timeout,
 		WriteTimeout:      timeout + apiWriteMargin,

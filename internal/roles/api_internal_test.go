@@ -12,7 +12,7 @@ import (
 func TestAPIServerTimeouts(t *testing.T) {
 	t.Parallel()
 	for _, rt := range []time.Duration{0, time.Second, time.Minute} {
-		srv := newAPIServer(api.Config{RequestTimeout: rt})
+		srv := newAPIServer(api.Config{RequestTimeout: rt}, nil)
 		want := rt
 		if want == 0 {
 			want = api.DefaultRequestTimeout

@@ -22,6 +22,7 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/sagaflow/sagaflow/api"
+	"github.com/sagaflow/sagaflow/console"
 	"github.com/sagaflow/sagaflow/deadletter"
 	"github.com/sagaflow/sagaflow/kafkax"
 	"github.com/sagaflow/sagaflow/order"
@@ -99,8 +100,12 @@ type Config struct {
 	// OperatorTokens may call the API's operator actions (api.Config's
 	// Operators; none refuses them).
 	OperatorTokens *api.Tokens
-	// ProtectReads puts the API's reads behind an operator token.
+	// ProtectReads puts the API's reads behind an operator token (and then
+	// the console, which has no login of its own, is not served).
 	ProtectReads bool
+	// ReadOnly makes the console show no action and the API refuse every
+	// operator action.
+	ReadOnly bool
 	// MaxInFlight, RequestTimeout and AcquireTimeout bound the API's work
 	// (api.Config's; zero takes its defaults). The HTTP server's read and
 	// write timeouts follow RequestTimeout.
@@ -323,11 +328,21 @@ func (s *Stack) Run(ctx context.Context) error {
 		}
 		closers = append(closers, func() { _ = replayPub.Close() })
 		deadLetters := deadletter.NewStore(pool)
+		replayer := deadletter.NewReplayer(deadLetters, replayPub)
+		var ui http.Handler
+		if !cfg.ProtectReads { // the console has no login of its own yet
+			kafka := cfg.Kafka
+			ui, err = console.New(console.Config{Base: ConsolePath, Pool: pool, Engine: s.Engine, DeadLetters: deadLetters,
+				Replayer: replayer, Kafka: &kafka, Topics: cfg.Topics, Operators: cfg.OperatorTokens, ReadOnly: cfg.ReadOnly, Logger: log})
+			if err != nil {
+				return err
+			}
+		}
 		srv := newAPIServer(api.Config{Pool: pool, Orders: orders, Engine: s.Engine, Logger: log, Injection: injection,
-			DeadLetters: deadLetters, Replayer: deadletter.NewReplayer(deadLetters, replayPub), Stock: stock{pool},
+			DeadLetters: deadLetters, Replayer: replayer, Stock: stock{pool}, ReadOnly: cfg.ReadOnly,
 			Ready:     func(ctx context.Context) error { return cfg.Kafka.Ping(ctx) },
 			Operators: cfg.OperatorTokens, ProtectReads: cfg.ProtectReads,
-			MaxInFlight: cfg.MaxInFlight, MaxSagasInFlight: cfg.MaxSagasInFlight, RequestTimeout: cfg.RequestTimeout, AcquireTimeout: cfg.AcquireTimeout})
+			MaxInFlight: cfg.MaxInFlight, MaxSagasInFlight: cfg.MaxSagasInFlight, RequestTimeout: cfg.RequestTimeout, AcquireTimeout: cfg.AcquireTimeout}, ui)
 		goRun("api", func(ctx context.Context) error {
 			go func() {
 				<-ctx.Done()
