@@ -38,6 +38,7 @@ func commands() []command {
 		{"status", "show a saga (or an order's saga) and its history: status [--json] ID", runStatus},
 		{"sagas", "list sagas: --state STATE --limit N --after ID", runSagas},
 		{"verify", "check every invariant against the database; exit 1 when one is broken", runVerify},
+		{"saga", "operator actions: saga retry|resolve|abort [ID] --note TEXT (or a filter for a batch)", runSaga},
 		{"dlq", "list, group, show, replay or purge dead letters: dlq [list|groups|show|replay|purge]", runDLQ},
 		{"replay", "move a consumer group's offsets back so it reads again: replay --group G --to-earliest|--to-time T|--to-offset P:O", runReplay},
 		{"stock", "list the inventory's stock or set a SKU's units: stock [list | set SKU QTY]", runStock},
