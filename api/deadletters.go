@@ -102,16 +102,8 @@ func deadLetterQuery(r *http.Request) (f deadletter.Filter, limit int, err error
 			return f, 0, badRequest("cursor", "must be the next cursor of the previous page", fmt.Sprintf("cursor %q is not a page cursor", v))
 		}
 	}
-	limit = DefaultListLimit
-	if v := q.Get("limit"); v != "" || q.Has("limit") {
-		n, err := strconv.Atoi(v)
-		if err != nil || n < 1 || n > MaxListLimit {
-			reason := fmt.Sprintf("must be a whole number from 1 to %d", MaxListLimit)
-			return f, 0, badRequest("limit", reason, fmt.Sprintf("limit %q %s", v, reason))
-		}
-		limit = n
-	}
-	return f, limit, nil
+	limit, err = listLimit(q)
+	return f, limit, err
 }
 
 // listDeadLetters is GET /dead-letters.
@@ -203,19 +195,29 @@ func (s *server) decodeDeadLetterAction(w http.ResponseWriter, r *http.Request) 
 	return req, nil
 }
 
-// replayDeadLetters is POST /dead-letters/actions/replay.
-func (s *server) replayDeadLetters(w http.ResponseWriter, r *http.Request) error {
+// deadLetterAction reads a dead-letter action's body and counts what it
+// matches (the dry run's answer).
+func (s *server) deadLetterAction(w http.ResponseWriter, r *http.Request) (*deadletter.Store, DeadLetterAction, int64, error) {
 	store, err := s.deadLetters()
 	if err != nil {
-		return err
+		return nil, DeadLetterAction{}, 0, err
 	}
 	req, err := s.decodeDeadLetterAction(w, r)
 	if err != nil {
-		return err
+		return nil, req, 0, err
 	}
 	matched, err := store.Count(r.Context(), req.filter())
 	if err != nil {
-		return storeError(err)
+		return nil, req, 0, storeError(err)
+	}
+	return store, req, matched, nil
+}
+
+// replayDeadLetters is POST /dead-letters/actions/replay.
+func (s *server) replayDeadLetters(w http.ResponseWriter, r *http.Request) error {
+	_, req, matched, err := s.deadLetterAction(w, r)
+	if err != nil {
+		return err
 	}
 	out := DeadLetterResult{Matched: matched, DryRun: req.DryRun}
 	if !req.DryRun {
@@ -237,17 +239,9 @@ func (s *server) replayDeadLetters(w http.ResponseWriter, r *http.Request) error
 
 // purgeDeadLetters is POST /dead-letters/actions/purge.
 func (s *server) purgeDeadLetters(w http.ResponseWriter, r *http.Request) error {
-	store, err := s.deadLetters()
+	store, req, matched, err := s.deadLetterAction(w, r)
 	if err != nil {
 		return err
-	}
-	req, err := s.decodeDeadLetterAction(w, r)
-	if err != nil {
-		return err
-	}
-	matched, err := store.Count(r.Context(), req.filter())
-	if err != nil {
-		return storeError(err)
 	}
 	out := DeadLetterResult{Matched: matched, DryRun: req.DryRun}
 	if !req.DryRun {

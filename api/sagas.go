@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
+	"net/url"
 	"reflect"
 	"strconv"
 	"strings"
@@ -252,14 +253,9 @@ func (s *server) listSagas(w http.ResponseWriter, r *http.Request) error {
 		reason := "must be one of " + strings.Join(names, ", ")
 		return badRequest("state", reason, fmt.Sprintf("state %q is unknown: it %s", state, reason))
 	}
-	limit := DefaultListLimit
-	if v := q.Get("limit"); v != "" || q.Has("limit") {
-		n, err := strconv.Atoi(v)
-		if err != nil || n < 1 || n > MaxListLimit {
-			reason := fmt.Sprintf("must be a whole number from 1 to %d", MaxListLimit)
-			return badRequest("limit", reason, fmt.Sprintf("limit %q %s", v, reason))
-		}
-		limit = n
+	limit, err := listLimit(q)
+	if err != nil {
+		return err
 	}
 	var after *uuid.UUID
 	if v := q.Get("after"); v != "" || q.Has("after") {
@@ -440,4 +436,18 @@ func (s *server) operate(w http.ResponseWriter, r *http.Request, name string, ac
 	}
 	writeJSON(w, http.StatusOK, v)
 	return nil
+}
+
+// listLimit reads a list's limit= (DefaultListLimit without it).
+func listLimit(q url.Values) (int, error) {
+	v := q.Get("limit")
+	if v == "" && !q.Has("limit") {
+		return DefaultListLimit, nil
+	}
+	n, err := strconv.Atoi(v)
+	if err != nil || n < 1 || n > MaxListLimit {
+		reason := fmt.Sprintf("must be a whole number from 1 to %d", MaxListLimit)
+		return 0, badRequest("limit", reason, fmt.Sprintf("limit %q %s", v, reason))
+	}
+	return n, nil
 }

@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"net/http"
 	"reflect"
-	"strconv"
 	"strings"
 
 	"github.com/sagaflow/sagaflow/order"
@@ -63,14 +62,9 @@ func (s *server) listStock(w http.ResponseWriter, r *http.Request) error {
 			return badRequest(name, "must be given once", fmt.Sprintf("query parameter %s is given %d times", name, len(vs)))
 		}
 	}
-	limit := DefaultListLimit
-	if v := q.Get("limit"); v != "" || q.Has("limit") {
-		n, err := strconv.Atoi(v)
-		if err != nil || n < 1 || n > MaxListLimit {
-			reason := fmt.Sprintf("must be a whole number from 1 to %d", MaxListLimit)
-			return badRequest("limit", reason, fmt.Sprintf("limit %q %s", v, reason))
-		}
-		limit = n
+	limit, err := listLimit(q)
+	if err != nil {
+		return err
 	}
 	levels, err := st.List(r.Context(), q.Get("after"), limit+1)
 	if err != nil {
