@@ -272,8 +272,11 @@ func (s *server) confirmSaga(_ http.ResponseWriter, r *http.Request) (string, vi
 		return "", view{}, fail(http.StatusBadRequest, "%q is not a saga id", r.PathValue("id"))
 	}
 	in, err := saga.Get(r.Context(), s.cfg.Pool, id)
-	if err != nil {
+	if errors.Is(err, saga.ErrNotFound) {
 		return "", view{}, fail(http.StatusNotFound, "no saga has id %s", id)
+	}
+	if err != nil {
+		return "", view{}, err
 	}
 	d := confirmData{Action: action, Count: 1, Post: fmt.Sprintf("%s/sagas/%s/%s", s.cfg.Base, id, action),
 		What: fmt.Sprintf("%s saga %s (%s, on step %s): %s.", action, id, in.State, s.stepName(in), actionText[action])}
