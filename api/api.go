@@ -240,6 +240,7 @@ func routeTable() []route {
 		{http.MethodPost, "/sagas/{id}/retry", operator, shed, (*server).retrySaga},
 		{http.MethodPost, "/sagas/{id}/resolve", operator, shed, (*server).resolveSaga},
 		{http.MethodPost, "/sagas/{id}/abort", operator, shed, (*server).abortSaga},
+		{http.MethodPost, "/batch/{action}", operator, shed, (*server).batchSagas},
 		{http.MethodGet, "/dead-letters", reader, shed, (*server).listDeadLetters},
 		{http.MethodGet, "/dead-letters/groups", reader, shed, (*server).deadLetterGroups},
 		{http.MethodGet, "/dead-letters/{id}", reader, shed, (*server).getDeadLetter},

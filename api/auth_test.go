@@ -278,3 +278,51 @@ func TestAbortAndRetryKeepWhoAndWhy(t *testing.T) {
 		t.Fatalf("retry with a note: %d %+v", res.status, s.History)
 	}
 }
+
+// POST /batch/{action} counts the sagas a filter matches (dry run), then
+// acts on every one, the operator and note in each history; it needs a
+// filter, a note and a token.
+func TestBatchRetry(t *testing.T) {
+	t.Parallel()
+	e := setup(t, operators(t))
+	a, b := e.stuck("batch-a"), e.stuck("batch-b")
+	e.mustPlace("batch-running", orderJSON(t, set("customer_id", "c-running")))
+	alice := []string{"Authorization", "Bearer " + aliceToken, "Content-Type", "application/json"}
+	if res := e.do(http.MethodPost, "/batch/retry", `{"state":"stuck","note":"x"}`, "Content-Type", "application/json"); res.status != http.StatusUnauthorized {
+		t.Fatalf("without a token: %d %s", res.status, res.body)
+	}
+	for body, want := range map[string]int{`{"note":"x"}`: 422, `{"state":"stuck"}`: 422, `{"state":"bogus","note":"x"}`: 400, `{"step":"nowhere","note":"x"}`: 400} {
+		if res := e.do(http.MethodPost, "/batch/retry", body, alice...); res.status != want {
+			t.Errorf("%s: %d, want %d: %s", body, res.status, want, res.body)
+		}
+	}
+	if res := e.do(http.MethodPost, "/batch/explode", `{"state":"stuck","note":"x"}`, alice...); res.status != http.StatusNotFound {
+		t.Fatalf("unknown action: %d %s", res.status, res.body)
+	}
+	var r api.BatchResult
+	e.do(http.MethodPost, "/batch/retry", `{"state":"stuck","dry_run":true}`, alice...).decode(t, &r)
+	if r.Matched != 2 || r.Done != 0 || !r.DryRun {
+		t.Fatalf("dry run: %+v", r)
+	}
+	res := e.do(http.MethodPost, "/batch/retry", `{"state":"stuck","note":"inventory is back"}`, alice...)
+	res.decode(t, &r)
+	if res.status != http.StatusOK || r.Matched != 2 || r.Done != 2 || r.Conflicts != 0 || r.Failed != 0 {
+		t.Fatalf("batch retry: %d %s", res.status, res.body)
+	}
+	for _, p := range []api.PlaceResponse{a, b} {
+		if st := e.state(p.SagaID); st != saga.Compensating {
+			t.Errorf("saga %s is %s after the batch retry", p.SagaID, st)
+		}
+		h, err := saga.History(t.Context(), e.pool, p.SagaID)
+		if err != nil {
+			t.Fatal(err)
+		}
+		found := false
+		for _, x := range h {
+			found = found || (x.Event == saga.EventOperatorRetry && x.Reason == "operator alice: inventory is back")
+		}
+		if !found {
+			t.Errorf("saga %s: the batch retry is not in its history", p.SagaID)
+		}
+	}
+}
