@@ -112,18 +112,22 @@ func (s *server) overview(_ http.ResponseWriter, r *http.Request) (string, view,
 func (s *server) lag(ctx context.Context) ([]lagRow, error) {
 	ctx, cancel := context.WithTimeout(ctx, 3*time.Second)
 	defer cancel()
+	groups := make(map[string][]string, len(kafkax.Consumers))
+	for _, c := range kafkax.Consumers {
+		groups[s.cfg.Topics.Group(c)] = []string{s.cfg.Topics.ConsumedBy(c)}
+	}
+	lags, err := s.cfg.Kafka.GroupLags(ctx, groups)
+	if err != nil {
+		return nil, err
+	}
 	var rows []lagRow
 	for _, c := range kafkax.Consumers {
-		group, topic := s.cfg.Topics.Group(c), s.cfg.Topics.ConsumedBy(c)
-		parts, err := s.cfg.Kafka.GroupLag(ctx, group, topic)
-		if err != nil {
-			return rows, err
-		}
+		group := s.cfg.Topics.Group(c)
 		var lag int64
-		for _, p := range parts {
+		for _, p := range lags[group] {
 			lag += p.Lag
 		}
-		rows = append(rows, lagRow{Group: group, Topic: topic, Lag: lag})
+		rows = append(rows, lagRow{Group: group, Topic: s.cfg.Topics.ConsumedBy(c), Lag: lag})
 	}
 	return rows, nil
 }

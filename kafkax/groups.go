@@ -53,6 +53,23 @@ func (c Config) GroupLag(ctx context.Context, group string, topics ...string) ([
 	return out, err
 }
 
+// GroupLags is GroupLag for several groups (group → topics) on one
+// connection.
+func (c Config) GroupLags(ctx context.Context, groups map[string][]string) (map[string][]PartitionPosition, error) {
+	out := make(map[string][]PartitionPosition, len(groups))
+	err := c.withClient(ctx, func(client sarama.Client, admin sarama.ClusterAdmin) error {
+		for group, topics := range groups {
+			ps, err := positions(ctx, client, admin, group, topics)
+			if err != nil {
+				return err
+			}
+			out[group] = ps
+		}
+		return nil
+	})
+	return out, err
+}
+
 // ResetGroup moves group's committed offsets on topics to target and
 // returns, per partition, the position before with the target (Lag is then
 // what the group will read again). With dryRun it only computes that. It

@@ -42,6 +42,9 @@ func TestGroupLagAndReset(t *testing.T) {
 	if ps, err := e.cfg.GroupLag(ctx, e.group, e.topic); err != nil || sum(ps) != n {
 		t.Fatalf("lag of a new group: %d (%v), want %d", sum(ps), err, n)
 	}
+	if lags, err := e.cfg.GroupLags(ctx, map[string][]string{e.group: {e.topic}}); err != nil || sum(lags[e.group]) != n {
+		t.Fatalf("lags of a new group: %d (%v), want %d", sum(lags[e.group]), err, n)
+	}
 
 	// A live member reads everything and commits.
 	sub, err := e.cfg.NewSubscriber(e.group, watermill.NopLogger{})
