@@ -69,6 +69,7 @@ import (
 
 	"github.com/sagaflow/sagaflow/deadletter"
 	"github.com/sagaflow/sagaflow/internal/dbpool"
+	"github.com/sagaflow/sagaflow/kafkax"
 	"github.com/sagaflow/sagaflow/order"
 	"github.com/sagaflow/sagaflow/saga"
 )
@@ -167,6 +168,10 @@ type Config struct {
 	// routes answer 503); Replayer replays them (nil: replay answers 503).
 	DeadLetters *deadletter.Store
 	Replayer    *deadletter.Replayer
+	// Kafka, when set, is asked for the consumer groups' lag on the
+	// topics Topics names (GET /overview).
+	Kafka  *kafkax.Config
+	Topics kafkax.Topics
 	// Stock serves GET /stock and PUT /stock/{sku} (nil: they answer 503).
 	Stock Stock
 	// SagaCountInterval is how often the count behind MaxSagasInFlight is
@@ -235,6 +240,7 @@ func routeTable() []route {
 	return []route{
 		{http.MethodPost, "/orders", public, shed, (*server).placeOrder},
 		{http.MethodGet, "/orders/{id}", reader, shed, (*server).getOrder},
+		{http.MethodGet, "/overview", reader, shed, (*server).getOverview},
 		{http.MethodGet, "/sagas", reader, shed, (*server).listSagas},
 		{http.MethodGet, "/sagas/{id}", reader, shed, (*server).getSaga},
 		{http.MethodPost, "/sagas/{id}/retry", operator, shed, (*server).retrySaga},

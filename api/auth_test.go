@@ -32,7 +32,15 @@ func operators(t *testing.T) func(*env, *api.Config) {
 // compensation would.
 func (e *env) stuck(key string) api.PlaceResponse {
 	e.t.Helper()
-	p := e.mustPlace(key, orderJSON(e.t, set("customer_id", "c-"+key)))
+	// Placement is set-up here: on a busy machine it may outlast a test's
+	// short RequestTimeout (503); the same key places the order once.
+	body := orderJSON(e.t, set("customer_id", "c-"+key))
+	for range 20 {
+		if res := e.place(key, body); res.status != http.StatusServiceUnavailable {
+			break
+		}
+	}
+	p := e.mustPlace(key, body)
 	e.exec(`UPDATE saga.instances SET state = 'stuck', reason = 'inventory compensation unanswered' WHERE id = $1`, p.SagaID)
 	return p
 }

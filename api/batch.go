@@ -5,8 +5,8 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
+	"net/url"
 	"reflect"
-	"slices"
 	"time"
 
 	"github.com/google/uuid"
@@ -21,6 +21,8 @@ const MaxBatch = 1000
 // field given must match; at least one is required), the note kept in each
 // saga's history, and whether only to count them.
 type BatchRequest struct {
+	// Q is a bare id: a saga id, order id, idempotency key or customer id.
+	Q     string     `json:"q,omitempty"`
 	State saga.State `json:"state,omitempty"`
 	Type  string     `json:"type,omitempty"`
 	// Step is the name of the step the sagas are on.
@@ -59,39 +61,41 @@ func (s *server) batchSagas(w http.ResponseWriter, r *http.Request) error {
 	if err := s.decodeJSON(w, r, &req, reflect.TypeFor[BatchRequest]()); err != nil {
 		return err
 	}
-	f := saga.Filter{State: req.State, Type: req.Type, ReasonContains: req.ReasonContains}
-	if req.State != "" && !req.State.Valid() {
-		return badRequest("state", "is not a saga state", fmt.Sprintf("state %q is not a saga state", req.State))
+	q := url.Values{}
+	for k, v := range map[string]string{"q": req.Q, "state": string(req.State), "type": req.Type, "step": req.Step, "reason": req.ReasonContains} {
+		if v != "" {
+			q.Set(k, v)
+		}
 	}
 	if req.CreatedBefore != nil {
-		f.CreatedBefore = *req.CreatedBefore
+		q.Set("created_before", req.CreatedBefore.Format(time.RFC3339Nano))
 	}
-	if req.Step != "" {
-		i := -1
-		for _, typ := range s.cfg.Engine.Types() {
-			if req.Type == "" || req.Type == typ {
-				if j := slices.Index(s.cfg.Engine.Steps(typ), req.Step); j >= 0 {
-					i = j
-				}
-			}
+	f, found, err := SagaFilter(ctx, s.cfg.Pool, s.cfg.Engine, q, time.Now())
+	var fe *FilterError
+	if errors.As(err, &fe) {
+		field := map[string]string{"reason": "reason_contains"}[fe.Param]
+		if field == "" {
+			field = fe.Param
 		}
-		if i < 0 {
-			return badRequest("step", "is not a step of any saga type", fmt.Sprintf("no saga type has a step %q", req.Step))
-		}
-		f.Step = &i
+		return badRequest(field, fe.Reason, fe.Error())
 	}
-	if f.State == "" && f.Type == "" && f.Step == nil && f.CreatedBefore.IsZero() && f.ReasonContains == "" {
+	if err != nil {
+		return storeError(err)
+	}
+	if !Filtered(f) && req.Q == "" {
 		return &Problem{Type: TypeValidation, Title: "Unprocessable Content", Status: http.StatusUnprocessableEntity,
-			Detail: "say which sagas: state, type, step, created_before or reason_contains"}
+			Detail: "say which sagas: q, state, type, step, created_before or reason_contains"}
 	}
 	if !req.DryRun {
 		if err := checkNote(req.Note, true, "say why, it is kept in each saga's history"); err != nil {
 			return err
 		}
 	}
-	list, err := saga.Search(ctx, s.cfg.Pool, f, MaxBatch)
-	if err != nil {
-		return storeError(err)
+	var list []*saga.Instance
+	if found {
+		if list, err = saga.Search(ctx, s.cfg.Pool, f, MaxBatch); err != nil {
+			return storeError(err)
+		}
 	}
 	out := BatchResult{Action: action, Matched: len(list), DryRun: req.DryRun, Sagas: []uuid.UUID{}}
 	for _, in := range list {

@@ -7,6 +7,7 @@ import (
 	"net/http"
 	"net/url"
 	"reflect"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -83,16 +84,12 @@ type SagaList struct {
 	Next string `json:"next"`
 }
 
-// orderSteps are the order saga's steps, in order (see the report: the
-// engine does not expose its definitions).
-var orderSteps = []string{order.StepInventory, order.StepPayment, order.StepShipping}
-
-// stepNames lists a saga's steps in order. The order saga's are known;
-// another type's are those its history has seen, in order of first
-// appearance (the engine does not expose definitions).
-func stepNames(typ string, history []saga.HistoryEntry) []string {
-	if typ == order.SagaType {
-		return orderSteps
+// stepNames lists a saga's steps in order: the engine's definition of
+// its type; for a type this process does not define, the steps its
+// history has seen, in order of first appearance.
+func (s *server) stepNames(typ string, history []saga.HistoryEntry) []string {
+	if names := s.cfg.Engine.Steps(typ); names != nil {
+		return names
 	}
 	var names []string
 	seen := map[string]bool{}
@@ -191,7 +188,7 @@ func (s *server) sagaView(ctx context.Context, id uuid.UUID) (*Saga, error) {
 		if history == nil {
 			history = []saga.HistoryEntry{}
 		}
-		names := stepNames(in.Type, history)
+		names := s.stepNames(in.Type, history)
 		v = Saga{Instance: in, StepName: stepName(names, in.Step), URL: sagaURL(in.ID),
 			Steps: stepStatuses(names, history), History: history}
 		if in.Type == order.SagaType {
@@ -230,57 +227,62 @@ func (s *server) getSaga(w http.ResponseWriter, r *http.Request) error {
 
 var states = []saga.State{saga.Running, saga.Compensating, saga.Completed, saga.Compensated, saga.Failed, saga.Stuck}
 
-// listSagas is GET /sagas?state=&limit=&after=.
+// listSagas is GET /sagas: the saga filters (SagaFilterParams), limit,
+// order (oldest, the default, or newest first) and after (the cursor).
 func (s *server) listSagas(w http.ResponseWriter, r *http.Request) error {
 	q := r.URL.Query()
+	known := append([]string{"limit", "after", "order"}, SagaFilterParams...)
 	for name, vs := range q {
-		switch name {
-		case "state", "limit", "after":
-			if len(vs) > 1 {
-				return badRequest(name, "must be given once", fmt.Sprintf("query parameter %s is given %d times", name, len(vs)))
-			}
-		default:
-			return badRequest(name, "is not a known query parameter (state, limit, after)",
-				fmt.Sprintf("unknown query parameter %q; GET /sagas takes state, limit and after", name))
+		if !slices.Contains(known, name) {
+			return badRequest(name, "is not a known query parameter ("+strings.Join(known, ", ")+")",
+				fmt.Sprintf("unknown query parameter %q; GET /sagas takes %s", name, strings.Join(known, ", ")))
+		}
+		if len(vs) > 1 {
+			return badRequest(name, "must be given once", fmt.Sprintf("query parameter %s is given %d times", name, len(vs)))
 		}
 	}
-	state := saga.State(q.Get("state"))
-	if state != "" && !state.Valid() {
-		names := make([]string, len(states))
-		for i, st := range states {
-			names[i] = string(st)
-		}
-		reason := "must be one of " + strings.Join(names, ", ")
-		return badRequest("state", reason, fmt.Sprintf("state %q is unknown: it %s", state, reason))
+	f, found, err := SagaFilter(r.Context(), s.cfg.Pool, s.cfg.Engine, q, time.Now())
+	var fe *FilterError
+	if errors.As(err, &fe) {
+		return badRequest(fe.Param, fe.Reason, fe.Error())
+	}
+	if err != nil {
+		return storeError(err)
 	}
 	limit, err := listLimit(q)
 	if err != nil {
 		return err
 	}
-	var after *uuid.UUID
+	switch q.Get("order") {
+	case "", "oldest":
+		f.Oldest = true
+	case "newest":
+	default:
+		return badRequest("order", "must be oldest or newest", fmt.Sprintf("order %q is not oldest or newest", q.Get("order")))
+	}
 	if v := q.Get("after"); v != "" || q.Has("after") {
 		id, err := uuid.Parse(v)
 		if err != nil {
 			return badRequest("after", "must be the next cursor of the previous page (a saga id)", fmt.Sprintf("after %q is not a saga id", v))
 		}
-		after = &id
+		f.Cursor = &id
+	}
+	out := SagaList{Sagas: []SagaSummary{}}
+	if !found {
+		writeJSON(w, http.StatusOK, out)
+		return nil
 	}
 	// One more than asked tells whether a next page exists.
-	list, err := saga.List(r.Context(), s.cfg.Pool, state, limit+1, after)
+	list, err := saga.Search(r.Context(), s.cfg.Pool, f, limit+1)
 	if err != nil {
 		return storeError(err)
 	}
-	out := SagaList{Sagas: []SagaSummary{}}
 	if len(list) > limit {
 		list = list[:limit]
 		out.Next = list[limit-1].ID.String()
 	}
 	for _, in := range list {
-		sum := SagaSummary{Instance: in, URL: sagaURL(in.ID)}
-		if in.Type == order.SagaType {
-			sum.StepName = stepName(orderSteps, in.Step)
-		}
-		out.Sagas = append(out.Sagas, sum)
+		out.Sagas = append(out.Sagas, SagaSummary{Instance: in, StepName: stepName(s.stepNames(in.Type, nil), in.Step), URL: sagaURL(in.ID)})
 	}
 	writeJSON(w, http.StatusOK, out)
 	return nil

@@ -3,9 +3,13 @@ package api_test
 import (
 	"context"
 	"encoding/json"
+	"fmt"
 	"net/http"
+	"net/url"
+	"slices"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/ThreeDotsLabs/watermill/message"
 	"github.com/google/uuid"
@@ -13,6 +17,7 @@ import (
 	"github.com/sagaflow/sagaflow/api"
 	"github.com/sagaflow/sagaflow/order"
 	"github.com/sagaflow/sagaflow/outbox"
+	"github.com/sagaflow/sagaflow/overview"
 	"github.com/sagaflow/sagaflow/saga"
 )
 
@@ -344,4 +349,105 @@ func TestRetryAndResolve(t *testing.T) {
 		t.Errorf("%d release commands after the retry, want 1", releases)
 	}
 	e.do(http.MethodPost, "/sagas/"+b.SagaID.String()+"/retry", "", auth...).problem(t, http.StatusConflict)
+}
+
+// GET /sagas takes the console's filters: a bare id of any kind, type,
+// step, age, created_before, reason, and newest first.
+func TestListSagasFilters(t *testing.T) {
+	t.Parallel()
+	e := setup(t)
+	var placed []api.PlaceResponse
+	for i := range 4 {
+		placed = append(placed, e.mustPlace(fmt.Sprintf("filter-key-%d", i), orderJSON(t, set("customer_id", fmt.Sprintf("cust-%d", i%2)))))
+	}
+	ids := func(l api.SagaList) []uuid.UUID {
+		var out []uuid.UUID
+		for _, s := range l.Sagas {
+			out = append(out, s.ID)
+		}
+		return out
+	}
+	list := func(query string) []uuid.UUID {
+		t.Helper()
+		res := e.do(http.MethodGet, "/sagas"+query, "")
+		if res.status != http.StatusOK {
+			t.Fatalf("GET /sagas%s: %d: %s", query, res.status, res.body)
+		}
+		var l api.SagaList
+		res.decode(t, &l)
+		return ids(l)
+	}
+	s := func(i int) uuid.UUID { return placed[i].SagaID }
+	// Sagas 2 and 3 are on payment; saga 3 waits for a reason; saga 0
+	// is two hours old.
+	e.exec(`UPDATE saga.instances SET step = 1 WHERE id = ANY($1)`, []uuid.UUID{s(2), s(3)})
+	e.exec(`UPDATE saga.instances SET reason = 'Card Declined by issuer' WHERE id = $1`, s(3))
+	e.exec(`UPDATE saga.instances SET created_at = now() - interval '2 hours' WHERE id = $1`, s(0))
+	cases := []struct {
+		query string
+		want  []uuid.UUID
+	}{
+		{"?q=" + s(1).String(), []uuid.UUID{s(1)}},
+		{"?q=" + placed[2].OrderID.String(), []uuid.UUID{s(2)}},
+		{"?q=filter-key-3", []uuid.UUID{s(3)}},
+		{"?q=cust-1", []uuid.UUID{s(1), s(3)}},
+		{"?q=cust-1&order=newest", []uuid.UUID{s(3), s(1)}},
+		{"?q=nobody", nil},
+		{"?q=" + uuid.NewString(), nil},
+		{"?step=payment", []uuid.UUID{s(2), s(3)}},
+		{"?type=order&step=inventory", []uuid.UUID{s(0), s(1)}},
+		{"?reason=declined", []uuid.UUID{s(3)}},
+		{"?age=1h", []uuid.UUID{s(0)}},
+		{"?created_before=" + url.QueryEscape(time.Now().Add(-time.Hour).Format(time.RFC3339)), []uuid.UUID{s(0)}},
+		{"?q=cust-0&step=payment", []uuid.UUID{s(2)}},
+		{"?order=newest&limit=2", []uuid.UUID{s(3), s(2)}},
+		{"?order=newest&limit=2&after=" + s(2).String(), []uuid.UUID{s(1), s(0)}},
+	}
+	for _, tc := range cases {
+		if got := list(tc.query); !slices.Equal(got, tc.want) {
+			t.Errorf("GET /sagas%s: %v, want %v", tc.query, got, tc.want)
+		}
+	}
+	for query, field := range map[string]string{"?step=refund": "step", "?type=invoice": "type", "?age=yesterday": "age",
+		"?age=-5m": "age", "?created_before=monday": "created_before", "?order=random": "order"} {
+		p := e.do(http.MethodGet, "/sagas"+query, "").problem(t, http.StatusBadRequest)
+		if p.Field != field || p.Detail == "" {
+			t.Errorf("GET /sagas%s: problem %+v, want field %s", query, p, field)
+		}
+	}
+}
+
+// GET /overview answers the console's overview figures.
+func TestOverview(t *testing.T) {
+	t.Parallel()
+	e := setup(t)
+	var sagas []uuid.UUID
+	for i := range 3 {
+		sagas = append(sagas, e.mustPlace(fmt.Sprintf("overview-%d", i), orderJSON(t)).SagaID)
+	}
+	e.exec(`UPDATE saga.instances SET state = 'stuck' WHERE id = $1`, sagas[0])
+	e.exec(`UPDATE saga.instances SET state = 'completed', ended_at = now() WHERE id = $1`, sagas[1])
+	res := e.do(http.MethodGet, "/overview", "")
+	if res.status != http.StatusOK {
+		t.Fatalf("GET /overview: %d: %s", res.status, res.body)
+	}
+	var o overview.Overview
+	res.decode(t, &o)
+	got := map[saga.State]int64{}
+	for _, s := range o.States {
+		got[s.State] = s.Count
+	}
+	if len(o.States) != 6 || got[saga.Running] != 1 || got[saga.Stuck] != 1 || got[saga.Completed] != 1 {
+		t.Errorf("states %+v", o.States)
+	}
+	if o.EndedLastHour != 1 || len(o.Minutes) != 1 || o.Minutes[0].Completed != 1 {
+		t.Errorf("last hour: %d ended, minutes %+v", o.EndedLastHour, o.Minutes)
+	}
+	waiting := int64(0)
+	for _, b := range o.Outboxes {
+		waiting += b.Rows
+	}
+	if len(o.Outboxes) == 0 || waiting < 3 {
+		t.Errorf("outboxes %+v: the three placements' commands wait (no relay runs here)", o.Outboxes)
+	}
 }

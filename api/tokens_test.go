@@ -1,11 +1,13 @@
 package api_test
 
 import (
+	"fmt"
 	"os"
 	"path/filepath"
 	"slices"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/sagaflow/sagaflow/api"
 )
@@ -103,5 +105,56 @@ func TestLoadTokens(t *testing.T) {
 	}
 	if _, err := api.LoadTokens(bad, ""); err == nil || !strings.Contains(err.Error(), bad+": line 3") {
 		t.Errorf("a bad line: %v, want it to name the file and line 3", err)
+	}
+}
+
+// A session signed at sign-in names its operator until it expires or its
+// token is withdrawn; a changed name, expiry or MAC is refused.
+func TestSessions(t *testing.T) {
+	t.Parallel()
+	tokens, err := api.ParseTokenList("alice:alice-token-0123456789,bob:bob-token-0123456789")
+	if err != nil {
+		t.Fatal(err)
+	}
+	now := time.Now()
+	if _, _, ok := tokens.NewSession("no-such-token-0123456789", now.Add(time.Hour)); ok {
+		t.Fatal("a session for an unknown token")
+	}
+	value, name, ok := tokens.NewSession("alice-token-0123456789", now.Add(time.Hour))
+	if !ok || name != "alice" {
+		t.Fatalf("NewSession: %q %v", name, ok)
+	}
+	if got, ok := tokens.CheckSession(value, now); !ok || got != "alice" {
+		t.Errorf("CheckSession: %q %v", got, ok)
+	}
+	if _, ok := tokens.CheckSession(value, now.Add(2*time.Hour)); ok {
+		t.Error("an expired session was accepted")
+	}
+	parts := strings.Split(value, ".")
+	bobValue, _, _ := tokens.NewSession("bob-token-0123456789", now.Add(time.Hour))
+	forged := map[string]string{
+		"name changed":     strings.Join([]string{strings.Split(bobValue, ".")[0], parts[1], parts[2]}, "."),
+		"expiry extended":  strings.Join([]string{parts[0], fmt.Sprint(now.Add(48 * time.Hour).Unix()), parts[2]}, "."),
+		"MAC cut":          value[:len(value)-4],
+		"not a session":    "alice",
+		"empty":            "",
+		"bad base64 name":  "!!!." + parts[1] + "." + parts[2],
+		"expiry not digit": parts[0] + ".soon." + parts[2],
+	}
+	for what, v := range forged {
+		if got, ok := tokens.CheckSession(v, now); ok {
+			t.Errorf("%s: accepted as %q", what, got)
+		}
+	}
+	withdrawn, err := api.ParseTokenList("bob:bob-token-0123456789")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, ok := withdrawn.CheckSession(value, now); ok {
+		t.Error("a session outlived its withdrawn token")
+	}
+	var none *api.Tokens
+	if _, ok := none.CheckSession(value, now); ok {
+		t.Error("nil tokens accepted a session")
 	}
 }

@@ -14,9 +14,6 @@ import (
 	"github.com/sagaflow/sagaflow/deadletter"
 )
 
-// deadletterAll matches every dead letter (for the overview's counts).
-var deadletterAll = deadletter.Filter{}
-
 type deadLettersData struct {
 	Query  url.Values
 	Groups []deadletter.Group

@@ -14,6 +14,7 @@ import (
 
 	"github.com/google/uuid"
 
+	"github.com/sagaflow/sagaflow/api"
 	"github.com/sagaflow/sagaflow/deadletter"
 	"github.com/sagaflow/sagaflow/order"
 	"github.com/sagaflow/sagaflow/saga"
@@ -49,54 +50,14 @@ type sagasData struct {
 }
 
 // sagaFilter reads the filters of the saga list (and of batch actions)
-// from q; a search (q=) by any id narrows it to the sagas found.
-func (s *server) sagaFilter(ctx context.Context, q url.Values) (f saga.Filter, found bool, err error) {
-	if st := saga.State(q.Get("state")); st != "" {
-		if !st.Valid() {
-			return f, false, fail(http.StatusBadRequest, "state %q is not a saga state", st)
-		}
-		f.State = st
+// from q: the API's, api.SagaFilter.
+func (s *server) sagaFilter(ctx context.Context, q url.Values) (saga.Filter, bool, error) {
+	f, found, err := api.SagaFilter(ctx, s.cfg.Pool, s.cfg.Engine, q, time.Now())
+	var fe *api.FilterError
+	if errors.As(err, &fe) {
+		return f, false, fail(http.StatusBadRequest, "%s", fe.Error())
 	}
-	f.Type = q.Get("type")
-	if step := q.Get("step"); step != "" {
-		i := -1
-		for _, typ := range s.cfg.Engine.Types() {
-			if f.Type == "" || f.Type == typ {
-				if j := slices.Index(s.cfg.Engine.Steps(typ), step); j >= 0 {
-					i = j
-				}
-			}
-		}
-		if i < 0 {
-			return f, false, fail(http.StatusBadRequest, "no saga type has a step %q", step)
-		}
-		f.Step = &i
-	}
-	if age := q.Get("age"); age != "" {
-		d, err := time.ParseDuration(age)
-		if err != nil || d < 0 {
-			return f, false, fail(http.StatusBadRequest, "age %q is not a duration such as 5m or 2h", age)
-		}
-		f.CreatedBefore = time.Now().Add(-d)
-	}
-	f.ReasonContains = q.Get("reason")
-	search := strings.TrimSpace(q.Get("q"))
-	if search == "" {
-		return f, true, nil
-	}
-	// A bare id: a saga id, or an order's id, saga id, idempotency key
-	// or customer id.
-	ids, err := order.FindSagas(ctx, s.cfg.Pool, search, maxBatch)
-	if err != nil {
-		return f, false, err
-	}
-	if id, err := uuid.Parse(search); err == nil && !slices.Contains(ids, id) {
-		if _, err := saga.Get(ctx, s.cfg.Pool, id); err == nil {
-			ids = append(ids, id)
-		}
-	}
-	f.IDs = ids
-	return f, len(ids) > 0, nil
+	return f, found, err
 }
 
 func (s *server) stepName(in *saga.Instance) string {
@@ -131,7 +92,7 @@ func (s *server) sagas(_ http.ResponseWriter, r *http.Request) (string, view, er
 		if err != nil {
 			return "", view{}, fail(http.StatusBadRequest, "before %q is not a page cursor", c)
 		}
-		f.Before = &id
+		f.Cursor = &id
 	}
 	list, err := saga.Search(ctx, s.cfg.Pool, f, sagaPage+1)
 	if err != nil {
@@ -383,7 +344,7 @@ func (s *server) actBatch(_ http.ResponseWriter, r *http.Request) (string, view,
 }
 
 // filterKeys are the saga list's filters, which batch actions carry.
-var filterKeys = []string{"q", "state", "type", "step", "age", "reason"}
+var filterKeys = api.SagaFilterParams
 
 func filterValues(in url.Values) url.Values {
 	out := url.Values{}

@@ -7,6 +7,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/sagaflow/sagaflow/overview"
 	"github.com/sagaflow/sagaflow/saga"
 )
 
@@ -24,7 +25,7 @@ func minuteIndex(t, now time.Time) int {
 }
 
 // endedChart draws the sagas ended per minute over the last hour as bars.
-func endedChart(minutes []saga.Minute, now time.Time) template.HTML {
+func endedChart(minutes []overview.Minute, now time.Time) template.HTML {
 	var counts [60]int64
 	var peak int64 = 1
 	for _, m := range minutes {
@@ -51,10 +52,10 @@ func endedChart(minutes []saga.Minute, now time.Time) template.HTML {
 }
 
 // durationChart draws the p50 and p99 saga durations per minute.
-func durationChart(minutes []saga.Minute, now time.Time) template.HTML {
+func durationChart(minutes []overview.Minute, now time.Time) template.HTML {
 	peak := 1.0
 	for _, m := range minutes {
-		peak = math.Max(peak, m.P99)
+		peak = math.Max(peak, m.P99ms)
 	}
 	var p50, p99, dots []string
 	bw := (chartW - chartPad) / 60
@@ -64,11 +65,11 @@ func durationChart(minutes []saga.Minute, now time.Time) template.HTML {
 			continue
 		}
 		x := chartPad + (float64(i)+0.5)*bw
-		y50, y99 := chartH-12-(chartH-20)*m.P50/peak, chartH-12-(chartH-20)*m.P99/peak
+		y50, y99 := chartH-12-(chartH-20)*m.P50ms/peak, chartH-12-(chartH-20)*m.P99ms/peak
 		p50 = append(p50, fmt.Sprintf("%.1f,%.1f", x, y50))
 		p99 = append(p99, fmt.Sprintf("%.1f,%.1f", x, y99))
 		dots = append(dots, fmt.Sprintf(`<circle class="p50" cx="%.1f" cy="%.1f" r="2.5"><title>p50 %.0f ms</title></circle><circle class="p99" cx="%.1f" cy="%.1f" r="2.5"><title>p99 %.0f ms</title></circle>`,
-			x, y50, m.P50, x, y99, m.P99))
+			x, y50, m.P50ms, x, y99, m.P99ms))
 	}
 	var b strings.Builder
 	fmt.Fprintf(&b, `<svg class="chart" role="img" aria-label="saga duration p50 and p99 per minute, last hour" viewBox="0 0 %.0f %.0f" width="%.0f" height="%.0f">`,

@@ -27,6 +27,8 @@ const (
 
 	sqlCount = `SELECT count(*) FROM ops.dead_letters WHERE ` + filterClause
 
+	sqlCountByConsumer = `SELECT consumer_group, count(*) FROM ops.dead_letters GROUP BY 1 ORDER BY 1`
+
 	sqlGroups = `SELECT fingerprint, consumer_group, message_type, min(error_pattern), count(*),
 		count(*) FILTER (WHERE replays > 0), min(dead_lettered_at), max(dead_lettered_at), max(id)
 		FROM ops.dead_letters WHERE ` + filterClause + `

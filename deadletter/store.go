@@ -99,6 +99,26 @@ func (s *Store) Count(ctx context.Context, f Filter) (int64, error) {
 	return n, nil
 }
 
+// ConsumerCount is the number of dead letters of one consumer group.
+type ConsumerCount struct {
+	ConsumerGroup string `json:"consumer_group"`
+	Count         int64  `json:"count"`
+}
+
+// CountByConsumer counts the dead letters of each consumer group that has
+// any, by group name.
+func (s *Store) CountByConsumer(ctx context.Context) ([]ConsumerCount, error) {
+	rows, err := s.pool.Query(ctx, sqlCountByConsumer)
+	if err != nil {
+		return nil, fmt.Errorf("count dead letters by consumer: %w", err)
+	}
+	out, err := pgx.CollectRows(rows, pgx.RowToStructByPos[ConsumerCount])
+	if err != nil {
+		return nil, fmt.Errorf("count dead letters by consumer: %w", err)
+	}
+	return out, nil
+}
+
 // Groups returns the dead letters matching f grouped by fingerprint, most
 // recently seen first, at most limit groups.
 func (s *Store) Groups(ctx context.Context, f Filter, limit int) ([]Group, error) {

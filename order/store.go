@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"slices"
 	"time"
 
 	"github.com/google/uuid"
@@ -114,7 +115,9 @@ func OrderIDOfSaga(ctx context.Context, q saga.Querier, sagaID uuid.UUID) (uuid.
 }
 
 // FindSagas returns the sagas of up to limit orders, newest first, that
-// text names: an order id, a saga id, an idempotency key or a customer id.
+// text names: an order id, a saga id, an idempotency key or a customer id;
+// and the saga whose id text is when it is a saga of another type. It is
+// the operators' search by a bare id (console, GET /sagas?q=, the CLI).
 func FindSagas(ctx context.Context, q saga.Querier, text string, limit int) ([]uuid.UUID, error) {
 	var id *uuid.UUID
 	if u, err := uuid.Parse(text); err == nil {
@@ -127,6 +130,14 @@ func FindSagas(ctx context.Context, q saga.Querier, text string, limit int) ([]u
 	ids, err := pgx.CollectRows(rows, pgx.RowTo[uuid.UUID])
 	if err != nil {
 		return nil, fmt.Errorf("find orders by %q: %w", text, err)
+	}
+	if id != nil && !slices.Contains(ids, *id) && len(ids) < limit {
+		switch _, err := saga.Get(ctx, q, *id); {
+		case err == nil:
+			ids = append(ids, *id)
+		case !errors.Is(err, saga.ErrNotFound):
+			return nil, fmt.Errorf("find saga %s: %w", *id, err)
+		}
 	}
 	return ids, nil
 }

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"log/slog"
 	"slices"
+	"strings"
 	"time"
 
 	"github.com/ThreeDotsLabs/watermill/message"
@@ -643,6 +644,38 @@ func (e *Engine) Steps(typ string) []string {
 		names[i] = s.Name
 	}
 	return names
+}
+
+// StepIndex returns the index of the step called name in saga type typ,
+// or, when typ is empty, in every type that has it (an error when the
+// types disagree on its index: give the type). The history names steps,
+// an instance holds its step's index: operators' filters use this.
+func (e *Engine) StepIndex(typ, name string) (int, error) {
+	types := []string{typ}
+	if typ == "" {
+		types = e.Types()
+	} else if _, ok := e.defs[typ]; !ok {
+		return 0, fmt.Errorf("no saga type %q (types: %s)", typ, strings.Join(e.Types(), ", "))
+	}
+	i, in := -1, ""
+	var all []string
+	for _, t := range types {
+		steps := e.Steps(t)
+		all = append(all, steps...)
+		j := slices.Index(steps, name)
+		switch {
+		case j < 0:
+		case i >= 0 && j != i:
+			return 0, fmt.Errorf("step %q is step %d of %s but step %d of %s: give the saga type", name, i+1, in, j+1, t)
+		default:
+			i, in = j, t
+		}
+	}
+	if i < 0 {
+		slices.Sort(all)
+		return 0, fmt.Errorf("no saga type has a step %q (steps: %s)", name, strings.Join(slices.Compact(all), ", "))
+	}
+	return i, nil
 }
 
 // Types returns the saga types this engine defines.

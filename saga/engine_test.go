@@ -357,7 +357,7 @@ func TestCompensationStuckThenRetriedAndResolved(t *testing.T) {
 	if n, err := e.engine.SweepOnce(ctx, 100); err != nil || n != 0 {
 		t.Fatalf("sweep touched %d stuck sagas (err %v), want 0", n, err)
 	}
-	stuck, err := saga.List(ctx, e.db.Pool, saga.Stuck, 10, nil)
+	stuck, err := saga.Search(ctx, e.db.Pool, saga.Filter{State: saga.Stuck}, 10)
 	if err != nil || len(stuck) != 1 || stuck[0].ID != id {
 		t.Fatalf("stuck list %v (err %v)", stuck, err)
 	}
@@ -592,5 +592,40 @@ func TestHandleRepliesBatch(t *testing.T) {
 		[]saga.Reply{{SagaID: uuid.Must(uuid.NewV7()), Step: "a", Kind: saga.KindAction, Attempt: 1, Outcome: saga.Succeeded}})
 	if err == nil {
 		t.Fatal("a reply for an unknown saga was applied")
+	}
+}
+
+// StepIndex resolves an operator's step name: in one type, or in every
+// type that agrees on its position.
+func TestStepIndex(t *testing.T) {
+	t.Parallel()
+	e := setup(t, threeSteps(time.Second, 1, 1, false))
+	other := threeSteps(time.Second, 1, 1, false)
+	other.Type = "other"
+	other.Steps[0].Name, other.Steps[1].Name = "b", "a" // a and b swapped, c agrees
+	if err := e.engine.Define(other); err != nil {
+		t.Fatal(err)
+	}
+	cases := []struct {
+		typ, name string
+		want      int
+		err       string
+	}{
+		{"test", "b", 1, ""},
+		{"other", "b", 0, ""},
+		{"", "c", 2, ""},
+		{"", "a", 0, "give the saga type"},
+		{"", "z", 0, "no saga type has a step \"z\" (steps: a, b, c)"},
+		{"test", "z", 0, "no saga type has a step"},
+		{"invoice", "a", 0, "no saga type \"invoice\""},
+	}
+	for _, tc := range cases {
+		got, err := e.engine.StepIndex(tc.typ, tc.name)
+		switch {
+		case tc.err == "" && (err != nil || got != tc.want):
+			t.Errorf("StepIndex(%q, %q) = %d, %v; want %d", tc.typ, tc.name, got, err, tc.want)
+		case tc.err != "" && (err == nil || !strings.Contains(err.Error(), tc.err)):
+			t.Errorf("StepIndex(%q, %q) = %d, %v; want an error with %q", tc.typ, tc.name, got, err, tc.err)
+		}
 	}
 }

@@ -57,28 +57,6 @@ func History(ctx context.Context, q Querier, id uuid.UUID) ([]HistoryEntry, erro
 	return h, nil
 }
 
-// List returns up to limit sagas in state (every state when empty) with ids
-// after the cursor after (none when nil), oldest first.
-func List(ctx context.Context, q Querier, state State, limit int, after *uuid.UUID) ([]*Instance, error) {
-	rows, err := q.Query(ctx, sqlList, string(state), after, limit)
-	if err != nil {
-		return nil, fmt.Errorf("list sagas: %w", err)
-	}
-	defer rows.Close()
-	var out []*Instance
-	for rows.Next() {
-		in, err := scanInstance(rows)
-		if err != nil {
-			return nil, fmt.Errorf("list sagas: %w", err)
-		}
-		out = append(out, in)
-	}
-	if err := rows.Err(); err != nil {
-		return nil, fmt.Errorf("list sagas: %w", err)
-	}
-	return out, nil
-}
-
 // CountInFlight counts the sagas running or compensating (an index scan of
 // the sweeper's partial index, cheap enough to ask several times a second).
 func CountInFlight(ctx context.Context, q Querier) (int64, error) {
@@ -120,11 +98,15 @@ type Filter struct {
 	ReasonContains string
 	// IDs selects these sagas only.
 	IDs []uuid.UUID
-	// Before pages: sagas with ids below it (the last of the page before).
-	Before *uuid.UUID
+	// Oldest lists the oldest first; by default the newest come first.
+	Oldest bool
+	// Cursor pages: the last saga of the page before (sagas after it in
+	// the listing's order follow).
+	Cursor *uuid.UUID
 }
 
-// Search returns up to limit sagas matching f, newest first.
+// Search returns up to limit sagas matching f, newest first (oldest first
+// with f.Oldest). Ids are UUIDv7, so id order is creation order.
 func Search(ctx context.Context, q Querier, f Filter, limit int) ([]*Instance, error) {
 	var before *time.Time
 	if !f.CreatedBefore.IsZero() {
@@ -134,7 +116,11 @@ func Search(ctx context.Context, q Querier, f Filter, limit int) ([]*Instance, e
 	if len(f.IDs) > 0 {
 		ids = f.IDs
 	}
-	rows, err := q.Query(ctx, sqlSearch, string(f.State), f.Type, f.Step, before, f.ReasonContains, ids, f.Before, limit)
+	query := sqlSearch
+	if f.Oldest {
+		query = sqlSearchOldest
+	}
+	rows, err := q.Query(ctx, query, string(f.State), f.Type, f.Step, before, f.ReasonContains, ids, f.Cursor, limit)
 	if err != nil {
 		return nil, fmt.Errorf("search sagas: %w", err)
 	}

@@ -56,17 +56,8 @@ FROM saga.instances WHERE id = $1`
 	sqlHistory = `SELECT seq, step, kind, attempt, event, COALESCE(reason, ''), message_id, at
 FROM saga.history WHERE saga_id = $1 ORDER BY seq`
 
-	// sqlList pages through sagas by id (UUIDv7, so creation order); an
-	// empty state lists every state.
-	sqlList = `SELECT id, type, state, step, attempt, completed, data, COALESCE(reason, ''), step_deadline, deadline, version,
-	created_at, updated_at, ended_at
-FROM saga.instances
-WHERE ($1 = '' OR state = $1) AND ($2::uuid IS NULL OR id > $2)
-ORDER BY id
-LIMIT $3`
-
 	// sqlSearch pages through sagas newest first (ids below $7) with the
-	// console's filters; an empty or zero one matches everything.
+	// operator's filters; an empty or zero one matches everything.
 	sqlSearch = `SELECT id, type, state, step, attempt, completed, data, COALESCE(reason, ''), step_deadline, deadline, version,
 	created_at, updated_at, ended_at
 FROM saga.instances
@@ -74,6 +65,16 @@ WHERE ($1 = '' OR state = $1) AND ($2 = '' OR type = $2) AND ($3::int IS NULL OR
 	AND ($4::timestamptz IS NULL OR created_at < $4) AND ($5 = '' OR reason ILIKE '%' || $5 || '%')
 	AND ($6::uuid[] IS NULL OR id = ANY($6)) AND ($7::uuid IS NULL OR id < $7)
 ORDER BY id DESC
+LIMIT $8`
+
+	// sqlSearchOldest is sqlSearch oldest first (ids above $7).
+	sqlSearchOldest = `SELECT id, type, state, step, attempt, completed, data, COALESCE(reason, ''), step_deadline, deadline, version,
+	created_at, updated_at, ended_at
+FROM saga.instances
+WHERE ($1 = '' OR state = $1) AND ($2 = '' OR type = $2) AND ($3::int IS NULL OR step = $3)
+	AND ($4::timestamptz IS NULL OR created_at < $4) AND ($5 = '' OR reason ILIKE '%' || $5 || '%')
+	AND ($6::uuid[] IS NULL OR id = ANY($6)) AND ($7::uuid IS NULL OR id > $7)
+ORDER BY id
 LIMIT $8`
 
 	// sqlHistoryPage is a page of a saga's history after seq $2.

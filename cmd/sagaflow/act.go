@@ -5,14 +5,12 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"log/slog"
 	"slices"
 	"strings"
-	"time"
 
 	"github.com/google/uuid"
 
-	"github.com/sagaflow/sagaflow/order"
+	"github.com/sagaflow/sagaflow/api"
 	"github.com/sagaflow/sagaflow/saga"
 )
 
@@ -35,11 +33,8 @@ func runSaga(ctx context.Context, args []string, stdout io.Writer) error {
 	sf.register(fs)
 	note := fs.String("note", "", "why (kept, with --operator, in the saga's history)")
 	operator := fs.String("operator", env("USER", ""), "who acts (kept in the saga's history)")
-	state := fs.String("state", "", "batch: sagas in this state")
-	typ := fs.String("type", "", "batch: sagas of this type")
-	step := fs.String("step", "", "batch: sagas on this step")
-	age := fs.Duration("older-than", 0, "batch: sagas created longer ago than this")
-	reason := fs.String("reason", "", "batch: sagas whose reason contains this text")
+	var ff filterFlags
+	ff.register(fs)
 	dryRun := fs.Bool("dry-run", false, "batch: count the sagas the filter matches; change nothing")
 	fs.Usage = func() {
 		fmt.Fprintf(fs.Output(), `usage: sagaflow saga retry|resolve|abort [ID] --note TEXT [flags]
@@ -75,14 +70,8 @@ flags:
 		return err
 	}
 	defer pool.Close()
-	engine, err := saga.NewEngine(pool, slog.New(slog.DiscardHandler))
+	engine, err := orderEngine(pool, c, sf.config())
 	if err != nil {
-		return err
-	}
-	topics := c.topics()
-	cfg := sf.config()
-	cfg.Topics = topics
-	if err := engine.Define(order.NewService(pool, engine, topics.OrderEvents).NewDefinition(cfg)); err != nil {
 		return err
 	}
 	do := map[string]func(context.Context, uuid.UUID, string) (*saga.Instance, error){
@@ -99,24 +88,18 @@ flags:
 		}
 		ids = []uuid.UUID{uid}
 	} else {
-		f := saga.Filter{State: saga.State(*state), Type: *typ, ReasonContains: *reason}
-		if f.State != "" && !f.State.Valid() {
-			return fmt.Errorf("--state %q is not a saga state", *state)
+		f, found, err := ff.filter(ctx, pool, engine)
+		if err != nil {
+			return err
 		}
-		if *step != "" {
-			i := slices.Index(engine.Steps(order.SagaType), *step)
-			if i < 0 {
-				return fmt.Errorf("--step %q is not a step of %s (%s)", *step, order.SagaType, strings.Join(engine.Steps(order.SagaType), ", "))
-			}
-			f.Step = &i
+		if !api.Filtered(f) && ff.search == "" {
+			return errors.New("give a saga id, or filter flags for a batch (--search, --state, --type, --step, --older-than, --created-before, --reason)")
 		}
-		if *age > 0 {
-			f.CreatedBefore = time.Now().Add(-*age)
+		if !found {
+			fmt.Fprintf(stdout, "no saga matches --search %q; nothing done\n", ff.search)
+			return nil
 		}
-		if f.State == "" && f.Type == "" && f.Step == nil && f.CreatedBefore.IsZero() && f.ReasonContains == "" {
-			return errors.New("give a saga id, or filter flags for a batch (--state, --type, --step, --older-than, --reason)")
-		}
-		list, err := saga.Search(ctx, pool, f, 1000)
+		list, err := saga.Search(ctx, pool, f, api.MaxBatch)
 		if err != nil {
 			return err
 		}

@@ -106,35 +106,44 @@ func runSagas(ctx context.Context, args []string, stdout io.Writer) error {
 	fs := newFlags("sagas")
 	var c commonFlags
 	c.register(fs)
-	state := fs.String("state", "", "only sagas in this state (running, compensating, completed, compensated, failed, stuck)")
+	var ff filterFlags
+	ff.register(fs)
 	limit := fs.Int("limit", 50, "most sagas to list")
 	after := fs.String("after", "", "list sagas after this id (paging cursor)")
+	newest := fs.Bool("newest", false, "list the newest first (default: oldest first, as GET /sagas)")
 	asJSON := fs.Bool("json", false, "print JSON")
 	if err := parse(fs, args); err != nil {
 		return err
 	}
-	if *state != "" && !saga.State(*state).Valid() {
-		return fmt.Errorf("unknown state %q", *state)
-	}
 	if *limit < 1 || *limit > 10000 {
 		return fmt.Errorf("--limit must be between 1 and 10000")
-	}
-	var cursor *uuid.UUID
-	if *after != "" {
-		u, err := uuid.Parse(*after)
-		if err != nil {
-			return fmt.Errorf("--after %q is not a saga id", *after)
-		}
-		cursor = &u
 	}
 	pool, err := c.pool(ctx, 2)
 	if err != nil {
 		return err
 	}
 	defer pool.Close()
-	list, err := saga.List(ctx, pool, saga.State(*state), *limit, cursor)
+	engine, err := orderEngine(pool, c, order.SagaConfig{})
 	if err != nil {
 		return err
+	}
+	f, found, err := ff.filter(ctx, pool, engine)
+	if err != nil {
+		return err
+	}
+	f.Oldest = !*newest
+	if *after != "" {
+		u, err := uuid.Parse(*after)
+		if err != nil {
+			return fmt.Errorf("--after %q is not a saga id", *after)
+		}
+		f.Cursor = &u
+	}
+	list := []*saga.Instance{}
+	if found {
+		if list, err = saga.Search(ctx, pool, f, *limit); err != nil {
+			return err
+		}
 	}
 	if *asJSON {
 		enc := json.NewEncoder(stdout)
@@ -148,10 +157,17 @@ func runSagas(ctx context.Context, args []string, stdout io.Writer) error {
 	tw := tabwriter.NewWriter(stdout, 0, 4, 2, ' ', 0)
 	fmt.Fprintln(tw, "SAGA\tTYPE\tSTATE\tSTEP\tATTEMPT\tCREATED\tREASON")
 	for _, in := range list {
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%d\t%d\t%s\t%s\n", in.ID, in.Type, in.State, in.Step, in.Attempt, in.CreatedAt.Format(time.RFC3339), in.Reason)
+		step := fmt.Sprint(in.Step)
+		if names := engine.Steps(in.Type); in.Step >= 0 && in.Step < len(names) {
+			step = names[in.Step]
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%d\t%s\t%s\n", in.ID, in.Type, in.State, step, in.Attempt, in.CreatedAt.Format(time.RFC3339), in.Reason)
 	}
 	if err := tw.Flush(); err != nil {
 		return err
+	}
+	if !found {
+		fmt.Fprintf(stdout, "no saga matches --search %q\n", ff.search)
 	}
 	fmt.Fprintf(stdout, "\ntotals:")
 	for _, s := range []saga.State{saga.Running, saga.Compensating, saga.Completed, saga.Compensated, saga.Failed, saga.Stuck} {

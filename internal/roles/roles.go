@@ -330,8 +330,8 @@ func (s *Stack) Run(ctx context.Context) error {
 		deadLetters := deadletter.NewStore(pool)
 		replayer := deadletter.NewReplayer(deadLetters, replayPub)
 		var ui http.Handler
+		kafka := cfg.Kafka
 		if !cfg.ProtectReads { // the console has no login of its own yet
-			kafka := cfg.Kafka
 			ui, err = console.New(console.Config{Base: ConsolePath, Pool: pool, Engine: s.Engine, DeadLetters: deadLetters,
 				Replayer: replayer, Kafka: &kafka, Topics: cfg.Topics, Operators: cfg.OperatorTokens, ReadOnly: cfg.ReadOnly, Logger: log})
 			if err != nil {
@@ -339,7 +339,7 @@ func (s *Stack) Run(ctx context.Context) error {
 			}
 		}
 		srv := newAPIServer(api.Config{Pool: pool, Orders: orders, Engine: s.Engine, Logger: log, Injection: injection,
-			DeadLetters: deadLetters, Replayer: replayer, Stock: stock{pool}, ReadOnly: cfg.ReadOnly,
+			DeadLetters: deadLetters, Replayer: replayer, Stock: stock{pool}, ReadOnly: cfg.ReadOnly, Kafka: &kafka, Topics: cfg.Topics,
 			Ready:     func(ctx context.Context) error { return cfg.Kafka.Ping(ctx) },
 			Operators: cfg.OperatorTokens, ProtectReads: cfg.ProtectReads,
 			MaxInFlight: cfg.MaxInFlight, MaxSagasInFlight: cfg.MaxSagasInFlight, RequestTimeout: cfg.RequestTimeout, AcquireTimeout: cfg.AcquireTimeout}, ui)
