@@ -35,8 +35,11 @@ type DeadLetterAction struct {
 	Type          string     `json:"type,omitempty"`
 	Fingerprint   string     `json:"fingerprint,omitempty"`
 	SagaID        *uuid.UUID `json:"saga_id,omitempty"`
-	// Before selects dead letters dead-lettered before it (RFC 3339).
+	MessageID     string     `json:"message_id,omitempty"`
+	// Before and Since select dead letters dead-lettered before Before
+	// and at or after Since (RFC 3339).
 	Before *time.Time `json:"before,omitempty"`
+	Since  *time.Time `json:"since,omitempty"`
 	// DryRun counts the matching dead letters and changes nothing.
 	DryRun bool `json:"dry_run,omitempty"`
 	// Limit bounds a replay (default and most MaxReplay).
@@ -59,12 +62,15 @@ type DeadLetterResult struct {
 }
 
 func (a DeadLetterAction) filter() deadletter.Filter {
-	f := deadletter.Filter{IDs: a.IDs, ConsumerGroup: a.ConsumerGroup, Type: a.Type, Fingerprint: a.Fingerprint}
+	f := deadletter.Filter{IDs: a.IDs, ConsumerGroup: a.ConsumerGroup, Type: a.Type, Fingerprint: a.Fingerprint, MessageID: a.MessageID}
 	if a.SagaID != nil {
 		f.SagaID = *a.SagaID
 	}
 	if a.Before != nil {
 		f.Before = *a.Before
+	}
+	if a.Since != nil {
+		f.Since = *a.Since
 	}
 	return f
 }
@@ -82,7 +88,7 @@ func (s *server) deadLetters() (*deadletter.Store, error) {
 // /dead-letters/groups from the query string.
 func deadLetterQuery(r *http.Request) (f deadletter.Filter, limit int, err error) {
 	q := r.URL.Query()
-	known := []string{"consumer_group", "type", "fingerprint", "saga_id", "limit", "cursor"}
+	known := append([]string{"limit", "cursor"}, deadletter.FilterParams...)
 	for name, vs := range q {
 		if !slices.Contains(known, name) {
 			return f, 0, badRequest(name, "is not a known query parameter", fmt.Sprintf("unknown query parameter %q; this route takes %v", name, known))
@@ -91,11 +97,10 @@ func deadLetterQuery(r *http.Request) (f deadletter.Filter, limit int, err error
 			return f, 0, badRequest(name, "must be given once", fmt.Sprintf("query parameter %s is given %d times", name, len(vs)))
 		}
 	}
-	f = deadletter.Filter{ConsumerGroup: q.Get("consumer_group"), Type: q.Get("type"), Fingerprint: q.Get("fingerprint")}
-	if v := q.Get("saga_id"); v != "" {
-		if f.SagaID, err = uuid.Parse(v); err != nil {
-			return f, 0, badRequest("saga_id", "must be a UUID", fmt.Sprintf("saga_id %q is not a UUID", v))
-		}
+	f, err = deadletter.ParseFilter(q, time.Now())
+	var fe *deadletter.FilterError
+	if errors.As(err, &fe) {
+		return f, 0, badRequest(fe.Param, fe.Reason, fe.Error())
 	}
 	if v := q.Get("cursor"); v != "" {
 		if f.Cursor, err = strconv.ParseInt(v, 10, 64); err != nil || f.Cursor < 1 {

@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"net/http"
+	"net/url"
 	"strings"
 	"testing"
 	"time"
@@ -101,7 +102,23 @@ func TestDeadLetterRoutes(t *testing.T) {
 	if res.status != http.StatusOK || one["origin_topic"] != origin || one["payload"].(map[string]any)["step"] != "payment" {
 		t.Fatalf("show: %d %s", res.status, res.body)
 	}
+	// By the dead-lettered message's id, and by time.
+	var byMessage api.DeadLetterList
+	e.do(http.MethodGet, "/dead-letters?message_id="+url.QueryEscape(page2.DeadLetters[0].MessageID), "").decode(t, &byMessage)
+	if len(byMessage.DeadLetters) != 1 || byMessage.DeadLetters[0].ID != page2.DeadLetters[0].ID {
+		t.Errorf("by message id %s: %+v", page2.DeadLetters[0].MessageID, byMessage)
+	}
+	e.exec(`UPDATE ops.dead_letters SET dead_lettered_at = now() - interval '3 hours' WHERE id = $1`, page2.DeadLetters[0].ID)
+	var recent, old api.DeadLetterList
+	e.do(http.MethodGet, "/dead-letters?since=1h", "").decode(t, &recent)
+	e.do(http.MethodGet, "/dead-letters?before="+url.QueryEscape(time.Now().Add(-2*time.Hour).UTC().Format(time.RFC3339)), "").decode(t, &old)
+	if len(recent.DeadLetters) != 2 || len(old.DeadLetters) != 1 || old.DeadLetters[0].ID != page2.DeadLetters[0].ID {
+		t.Errorf("since=1h: %d dead letters (want 2); before two hours ago: %+v", len(recent.DeadLetters), old.DeadLetters)
+	}
 	for path, want := range map[string]int{
+		"/dead-letters?since=yesterday":  http.StatusBadRequest,
+		"/dead-letters?before=1h":        http.StatusBadRequest,
+		"/dead-letters?id=1,x":           http.StatusBadRequest,
 		"/dead-letters/999999":           http.StatusNotFound,
 		"/dead-letters/x":                http.StatusBadRequest,
 		"/dead-letters?saga_id=nope":     http.StatusBadRequest,

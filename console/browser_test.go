@@ -8,6 +8,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"net/url"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -364,11 +365,12 @@ func TestConsoleFindRetryDeadLetters(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer pub.Close()
-	publishRaw(t, pub, e.topics.InventoryCommands, `{"saga_id": "not json`)
+	publishRaw(t, pub, e.topics.InventoryCommands, `{"saga_id": "other"}`) // another dead letter
+	broken := publishRaw(t, pub, e.topics.InventoryCommands, `{"saga_id": "not json`)
 	deadline := time.Now().Add(time.Minute)
 	for {
 		e.open("/ui/dead-letters")
-		if e.count("#dead-letter-groups tbody td.error-text") > 0 {
+		if e.count("#dead-letters tbody td.error-text") == 2 {
 			break
 		}
 		if time.Now().After(deadline) {
@@ -380,11 +382,21 @@ func TestConsoleFindRetryDeadLetters(t *testing.T) {
 		t.Fatalf("dead-letter group %q is not the inventory consumer's", got)
 	}
 	e.shot("dead-letters")
+	// Found by the id of the message that was dead-lettered.
+	e.do("filter by message id", chromedp.SendKeys(chromedp.ID("message-id"), broken),
+		chromedp.Submit(chromedp.ID("message-id")), chromedp.WaitVisible(chromedp.ID("filtered")))
+	if n := e.count("#dead-letters tbody td.error-text"); n != 1 || !strings.Contains(e.eval("location.search"), "message_id="+broken) {
+		t.Fatalf("filtered by message id %s: %d dead letters at %s", broken, n, e.eval("location.search"))
+	}
+	e.do("open it", chromedp.Click(chromedp.CSS("#dead-letters tbody td.num a")), chromedp.WaitVisible(chromedp.CSS("h1")))
+	if body := e.text("main"); !strings.Contains(body, broken) || !strings.Contains(body, `"saga_id": "not json`) {
+		t.Errorf("the dead letter's page does not show message %s and its payload:\n%s", broken, body)
+	}
 }
 
 // publishRaw publishes payload to topic as a producer that gets it wrong
-// would.
-func publishRaw(t *testing.T, pub message.Publisher, topic, payload string) {
+// would, and returns its message id.
+func publishRaw(t *testing.T, pub message.Publisher, topic, payload string) string {
 	t.Helper()
 	m := message.NewMessage(uuid.NewString(), []byte(payload))
 	m.Metadata.Set(kafkax.KeyMetadata, "broken")
@@ -392,6 +404,7 @@ func publishRaw(t *testing.T, pub message.Publisher, topic, payload string) {
 	if err := pub.Publish(topic, m); err != nil {
 		t.Fatal(err)
 	}
+	return m.UUID
 }
 
 // waitDeadLetters waits until saga id has a recorded dead letter.
@@ -486,4 +499,69 @@ func TestConsoleReplayDeadLetterAndReadOnly(t *testing.T) {
 		t.Fatalf("saga page state %q after the replay", got)
 	}
 	e.shot("saga-after-replay")
+}
+
+// With protected reads the console asks for sign-in: every page sends the
+// browser to the sign-in page and back; an unknown token is refused; a
+// signed-in operator acts without giving the token again and is named in
+// the saga's history; signing out ends it.
+func TestConsoleSignIn(t *testing.T) {
+	t.Parallel()
+	e := setup(t, func(c *roles.Config) {
+		// No inventory: the saga waits on its first step, running.
+		c.Roles = []string{roles.API, roles.Orchestrator, roles.Relay}
+		c.ProtectReads = true
+		c.Saga.StepTimeout = time.Minute
+	})
+	id, _ := e.place(nil)
+	e.open("/ui/sagas/" + id.String())
+	if got := e.text("h1"); got != "Sign in" {
+		t.Fatalf("an unsigned visit shows %q, not the sign-in page", got)
+	}
+	if u := e.eval("location.pathname + location.search"); u != "/ui/login?next="+url.QueryEscape("/ui/sagas/"+id.String()) {
+		t.Errorf("sign-in page at %s", u)
+	}
+	e.do("sign in with a wrong token", chromedp.SendKeys(chromedp.ID("token"), "not-a-token-0123456789"),
+		chromedp.Click(chromedp.ID("sign-in")), chromedp.WaitVisible(chromedp.ID("login-error")))
+	e.shot("sign-in-refused")
+	e.do("sign in", chromedp.SendKeys(chromedp.ID("token"), opToken), chromedp.Click(chromedp.ID("sign-in")),
+		chromedp.WaitVisible(chromedp.ID("timeline")))
+	if who := e.text("#operator"); who != "ops" {
+		t.Errorf("signed in as %q", who)
+	}
+	e.do("abort…", chromedp.Click(chromedp.ID("action-abort")), chromedp.WaitVisible(chromedp.ID("confirm")))
+	if n := e.count("#token"); n != 0 {
+		t.Errorf("the confirmation asks a signed-in operator for a token (%d fields)", n)
+	}
+	e.do("confirm the abort", chromedp.SendKeys(chromedp.ID("reason"), "customer cancelled by phone"),
+		chromedp.Click(chromedp.ID("confirm")), chromedp.WaitVisible(chromedp.CSS("p.flash")))
+	if flash := e.text("p.flash"); !strings.Contains(flash, "abort done by ops") {
+		t.Errorf("after the abort: %q", flash)
+	}
+	e.shot("saga-aborted-signed-in")
+	h, err := saga.History(context.Background(), e.db.Pool, id)
+	if err != nil {
+		t.Fatal(err)
+	}
+	found := false
+	for _, x := range h {
+		found = found || x.Reason == "operator ops: customer cancelled by phone"
+	}
+	if !found {
+		t.Errorf("the history does not name the operator: %+v", h)
+	}
+	e.do("sign out", chromedp.Click(chromedp.ID("sign-out")), chromedp.WaitVisible(chromedp.ID("sign-in")))
+	e.open("/ui/")
+	if got := e.text("h1"); got != "Sign in" {
+		t.Errorf("after signing out the overview shows %q", got)
+	}
+	// A form posted without a session is refused.
+	resp, err := http.PostForm(e.base+"/ui/sagas/"+id.String()+"/retry", url.Values{"reason": {"x"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusUnauthorized {
+		t.Errorf("an unsigned POST: %d, want 401", resp.StatusCode)
+	}
 }

@@ -57,8 +57,20 @@ type Config struct {
 	Operators *api.Tokens
 	// ReadOnly hides every action and refuses them.
 	ReadOnly bool
-	Logger   *slog.Logger
+	// RequireLogin shows nothing until an operator signs in with a token
+	// (the console of an API whose reads are protected). Signed in or
+	// not, an action needs an operator: the session's or a token's.
+	RequireLogin bool
+	// SessionTTL is how long a sign-in lasts (default DefaultSessionTTL).
+	SessionTTL time.Duration
+	Logger     *slog.Logger
 }
+
+// DefaultSessionTTL is how long a console sign-in lasts by default.
+const DefaultSessionTTL = 12 * time.Hour
+
+// sessionCookie names the cookie that holds a console session.
+const sessionCookie = "sagaflow_session"
 
 type server struct {
 	cfg   Config
@@ -71,6 +83,12 @@ func New(cfg Config) (http.Handler, error) {
 	cfg.Base = strings.TrimRight(cfg.Base, "/")
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
+	}
+	if cfg.SessionTTL <= 0 {
+		cfg.SessionTTL = DefaultSessionTTL
+	}
+	if cfg.RequireLogin && cfg.Operators.Len() == 0 {
+		return nil, errors.New("the console's login needs operator tokens")
 	}
 	s := &server{cfg: cfg, log: cfg.Logger.With("component", "console"), pages: map[string]*template.Template{}}
 	funcs := template.FuncMap{
@@ -110,7 +128,10 @@ func New(cfg Config) (http.Handler, error) {
 	mux.HandleFunc("GET /dead-letters/{id}", s.page(s.deadLetter))
 	mux.HandleFunc("GET /dead-letter-actions/{action}", s.page(s.confirmDeadLetters))
 	mux.HandleFunc("POST /dead-letter-actions/{action}", s.page(s.actDeadLetters))
-	return mux, nil
+	mux.HandleFunc("GET /login", s.page(s.loginPage))
+	mux.HandleFunc("POST /login", s.page(s.login))
+	mux.HandleFunc("POST /logout", s.page(s.logout))
+	return s.requireLogin(mux), nil
 }
 
 // view is what every page template gets.
@@ -123,6 +144,10 @@ type view struct {
 	Data any
 	// Flash is a message from the action that led here.
 	Flash string
+	// Operator is who signed in (empty: nobody); CanSignIn is set when
+	// operators may.
+	Operator  string
+	CanSignIn bool
 }
 
 // problem is an error shown to the operator with its status.
@@ -158,6 +183,7 @@ func (s *server) page(h func(w http.ResponseWriter, r *http.Request) (string, vi
 			status, name, v = p.status, "error", view{Title: http.StatusText(p.status), Data: p.msg}
 		}
 		v.Base, v.ReadOnly = s.cfg.Base, s.cfg.ReadOnly
+		v.Operator, v.CanSignIn = s.session(r), s.cfg.Operators.Len() > 0
 		t := s.pages[name]
 		w.Header().Set("Content-Type", "text/html; charset=utf-8")
 		w.Header().Set("Content-Security-Policy", "default-src 'self'; style-src 'self'; img-src 'self' data:; form-action 'self'; frame-ancestors 'none'")
@@ -187,7 +213,14 @@ func (s *server) operator(r *http.Request) (who, reason string, err error) {
 	if s.cfg.Operators.Len() == 0 {
 		return "", "", fail(http.StatusForbidden, "no operator tokens are configured on this server: actions are refused")
 	}
-	name, ok := s.cfg.Operators.Lookup(r.PostForm.Get("token"))
+	token := r.PostForm.Get("token")
+	if token == "" {
+		if name := s.session(r); name != "" {
+			return name, reason, nil
+		}
+		return "", "", fail(http.StatusForbidden, "sign in, or give an operator token: actions need an operator")
+	}
+	name, ok := s.cfg.Operators.Lookup(token)
 	if !ok {
 		return "", "", fail(http.StatusForbidden, "that operator token is not known")
 	}

@@ -8,10 +8,10 @@ import (
 	"net/http"
 	"net/url"
 	"strconv"
-
-	"github.com/google/uuid"
+	"time"
 
 	"github.com/sagaflow/sagaflow/deadletter"
+	"github.com/sagaflow/sagaflow/kafkax"
 )
 
 type deadLettersData struct {
@@ -21,24 +21,16 @@ type deadLettersData struct {
 	Next   string
 	// Filtered says a filter is set (replay and purge are offered).
 	Filtered bool
+	// Consumers are the consumer groups that dead-letter.
+	Consumers []string
 }
 
-// deadLetterFilter reads the dead-letter pages' filters.
+// deadLetterFilter reads the dead-letter pages' filters: the API's,
+// deadletter.ParseFilter.
 func deadLetterFilter(q url.Values) (deadletter.Filter, error) {
-	f := deadletter.Filter{ConsumerGroup: q.Get("consumer_group"), Type: q.Get("type"), Fingerprint: q.Get("fingerprint")}
-	if v := q.Get("saga_id"); v != "" {
-		id, err := uuid.Parse(v)
-		if err != nil {
-			return f, fail(http.StatusBadRequest, "saga_id %q is not a UUID", v)
-		}
-		f.SagaID = id
-	}
-	if v := q.Get("id"); v != "" {
-		id, err := strconv.ParseInt(v, 10, 64)
-		if err != nil || id < 1 {
-			return f, fail(http.StatusBadRequest, "id %q is not a dead letter's number", v)
-		}
-		f.IDs = []int64{id}
+	f, err := deadletter.ParseFilter(q, time.Now())
+	if err != nil {
+		return f, fail(http.StatusBadRequest, "%v", err)
 	}
 	return f, nil
 }
@@ -61,6 +53,9 @@ func (s *server) deadLetters(_ http.ResponseWriter, r *http.Request) (string, vi
 		return "", view{}, err
 	}
 	d := deadLettersData{Query: q, Filtered: !f.IsZero()}
+	for _, c := range kafkax.Consumers {
+		d.Consumers = append(d.Consumers, s.cfg.Topics.Group(c))
+	}
 	if d.Groups, err = store.Groups(r.Context(), f, 200); err != nil {
 		return "", view{}, err
 	}
@@ -194,7 +189,7 @@ func (s *server) actDeadLetters(w http.ResponseWriter, r *http.Request) (string,
 	return "", view{}, nil
 }
 
-var deadFilterKeys = []string{"consumer_group", "type", "fingerprint", "saga_id", "id"}
+var deadFilterKeys = deadletter.FilterParams
 
 func deadFilterValues(in url.Values) url.Values {
 	out := url.Values{}

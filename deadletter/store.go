@@ -20,8 +20,11 @@ type Filter struct {
 	Type          string
 	Fingerprint   string
 	SagaID        uuid.UUID
-	// Before selects dead letters dead-lettered before it.
-	Before time.Time
+	// Before and Since select dead letters dead-lettered before Before
+	// and at or after Since.
+	Before, Since time.Time
+	// MessageID is the id of the message that was dead-lettered.
+	MessageID string
 	// Cursor pages a list: ids below it (the last id of the page before).
 	Cursor int64
 }
@@ -39,7 +42,11 @@ func (f Filter) args() []any {
 	if !f.Before.IsZero() {
 		before = &f.Before
 	}
-	return []any{ids, f.ConsumerGroup, f.Type, f.Fingerprint, saga, before, f.Cursor}
+	var since *time.Time
+	if !f.Since.IsZero() {
+		since = &f.Since
+	}
+	return []any{ids, f.ConsumerGroup, f.Type, f.Fingerprint, saga, before, f.Cursor, since, f.MessageID}
 }
 
 // Store reads and writes ops.dead_letters.
@@ -165,7 +172,7 @@ func (s *Store) PurgeOlder(ctx context.Context, age time.Duration) (int64, error
 // IsZero reports whether f matches every dead letter.
 func (f Filter) IsZero() bool {
 	return len(f.IDs) == 0 && f.ConsumerGroup == "" && f.Type == "" && f.Fingerprint == "" &&
-		f.SagaID == uuid.Nil && f.Before.IsZero() && f.Cursor == 0
+		f.SagaID == uuid.Nil && f.Before.IsZero() && f.Since.IsZero() && f.MessageID == "" && f.Cursor == 0
 }
 
 type querier interface {

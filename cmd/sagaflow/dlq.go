@@ -7,6 +7,7 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"net/url"
 	"slices"
 	"strconv"
 	"strings"
@@ -14,7 +15,6 @@ import (
 	"time"
 
 	"github.com/ThreeDotsLabs/watermill"
-	"github.com/google/uuid"
 
 	"github.com/sagaflow/sagaflow/deadletter"
 )
@@ -155,8 +155,8 @@ flags:
 		fmt.Fprintf(stdout, "%d of %d matching dead letter(s) replayed\n", len(replayed), n)
 		return err
 	}
-	ds, err := store.List(ctx, deadletter.Filter{IDs: filter.IDs, ConsumerGroup: filter.ConsumerGroup, Type: filter.Type,
-		Fingerprint: filter.Fingerprint, SagaID: filter.SagaID, Before: filter.Before, Cursor: *cursor}, *limit+1)
+	filter.Cursor = *cursor
+	ds, err := store.List(ctx, filter, *limit+1)
 	if err != nil {
 		return err
 	}
@@ -193,9 +193,10 @@ flags:
 	return nil
 }
 
-// dlqFilter is the filter flags of `sagaflow dlq`.
+// dlqFilter is the filter flags of `sagaflow dlq`: the console's and the
+// API's (deadletter.ParseFilter), as flags.
 type dlqFilter struct {
-	ids, group, typ, fingerprint, saga, before string
+	ids, group, typ, fingerprint, saga, messageID, since, before string
 }
 
 func (f *dlqFilter) register(fs *flag.FlagSet) {
@@ -204,40 +205,29 @@ func (f *dlqFilter) register(fs *flag.FlagSet) {
 	fs.StringVar(&f.typ, "type", "", "only messages of this type (e.g. payment.charge)")
 	fs.StringVar(&f.fingerprint, "fingerprint", "", "only this cause (see dlq groups)")
 	fs.StringVar(&f.saga, "saga", "", "only this saga's")
+	fs.StringVar(&f.messageID, "message-id", "", "only the dead letter of this message id")
+	fs.StringVar(&f.since, "since", "", "only those dead-lettered since this time (RFC 3339, or a duration such as 1h)")
 	fs.StringVar(&f.before, "before", "", "only those dead-lettered before this time (RFC 3339, or now)")
 }
 
 func (f *dlqFilter) filter() (deadletter.Filter, error) {
-	out := deadletter.Filter{ConsumerGroup: f.group, Type: f.typ, Fingerprint: f.fingerprint}
-	for _, s := range strings.Split(f.ids, ",") {
-		if s = strings.TrimSpace(s); s == "" {
-			continue
+	q := url.Values{}
+	for k, v := range map[string]string{"id": f.ids, "consumer_group": f.group, "type": f.typ, "fingerprint": f.fingerprint,
+		"saga_id": f.saga, "message_id": f.messageID, "since": f.since, "before": f.before} {
+		if v != "" {
+			q.Set(k, v)
 		}
-		n, err := strconv.ParseInt(s, 10, 64)
-		if err != nil || n < 1 {
-			return out, fmt.Errorf("--id %q is not a dead letter's number", s)
-		}
-		out.IDs = append(out.IDs, n)
 	}
-	if f.saga != "" {
-		id, err := uuid.Parse(f.saga)
-		if err != nil {
-			return out, fmt.Errorf("--saga %q is not a saga id", f.saga)
+	out, err := deadletter.ParseFilter(q, time.Now())
+	var fe *deadletter.FilterError
+	if errors.As(err, &fe) {
+		flagName := map[string]string{"consumer_group": "consumer-group", "saga_id": "saga", "message_id": "message-id"}[fe.Param]
+		if flagName == "" {
+			flagName = fe.Param
 		}
-		out.SagaID = id
+		return out, errors.New("--" + flagName + " " + fe.Reason)
 	}
-	switch f.before {
-	case "":
-	case "now":
-		out.Before = time.Now()
-	default:
-		t, err := time.Parse(time.RFC3339, f.before)
-		if err != nil {
-			return out, fmt.Errorf("--before %q is not a time like 2026-12-01T00:00:00Z (or now)", f.before)
-		}
-		out.Before = t
-	}
-	return out, nil
+	return out, err
 }
 
 func printJSON(w io.Writer, v any) error {

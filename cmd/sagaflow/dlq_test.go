@@ -60,6 +60,16 @@ func TestDLQCommand(t *testing.T) {
 	if out, err := run("list", "--limit", "1"); err != nil || !strings.Contains(out, "next page: --cursor") {
 		t.Fatalf("list a page: %v\n%s", err, out)
 	}
+	second, err := store.Get(ctx, 2)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if out, err := run("list", "--message-id", second.MessageID, "--since", "1h", "--json"); err != nil || strings.Count(out, `"message_id"`) != 1 || !strings.Contains(out, second.MessageID) {
+		t.Fatalf("list by message id: %v\n%s", err, out)
+	}
+	if out, err := run("list", "--since", "2099-01-01T00:00:00Z"); err != nil || !strings.Contains(out, "0 dead letter(s)") {
+		t.Fatalf("list since a future time: %v\n%s", err, out)
+	}
 	if out, err := run("show", "1"); err != nil || !strings.Contains(out, `"step": "inventory"`) || !strings.Contains(out, origin) {
 		t.Fatalf("show: %v\n%s", err, out)
 	}
@@ -76,7 +86,7 @@ func TestDLQCommand(t *testing.T) {
 	if out, err := run("purge", "--id", "3"); err != nil || !strings.Contains(out, "1 dead letter(s) purged") {
 		t.Fatalf("purge: %v\n%s", err, out)
 	}
-	for _, bad := range [][]string{{"replay"}, {"purge"}, {"show"}, {"show", "x"}, {"list", "--saga", "nope"}, {"purge", "--before", "yesterday"}, {"explode"}} {
+	for _, bad := range [][]string{{"replay"}, {"purge"}, {"show"}, {"show", "x"}, {"list", "--saga", "nope"}, {"purge", "--before", "yesterday"}, {"list", "--since", "-1h"}, {"explode"}} {
 		if _, err := run(bad...); err == nil {
 			t.Errorf("dlq %v succeeded", bad)
 		}

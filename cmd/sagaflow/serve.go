@@ -238,7 +238,7 @@ func runServe(ctx context.Context, args []string, stdout io.Writer) error {
 	af.register(fs)
 	tokenFile := fs.String("operator-tokens", "", "file of operator tokens, one name:token a line (# comments); the API's operator actions need one, "+
 		"and the name is recorded as who acted; $"+api.EnvOperatorTokens+" may hold more (name:token, comma separated). None: operator actions are refused")
-	protectReads := fs.Bool("protect-reads", false, "the API's reads (GET /orders/{id}, GET /sagas…) need an operator token too (POST /orders, /healthz, /readyz stay open); the console, which has no login yet, is then not served")
+	protectReads := fs.Bool("protect-reads", false, "the API's reads (GET /orders/{id}, GET /sagas…) need an operator token too (POST /orders, /healthz, /readyz stay open), and the console asks operators to sign in with their token")
 	readOnly := fs.Bool("console-read-only", false, "the console at /ui/ shows no action and the API refuses every operator action")
 	metricsAddr := fs.String("metrics", env("SAGAFLOW_METRICS", ""), "serve Prometheus metrics at http://ADDR/metrics (e.g. 127.0.0.1:9090); off when empty")
 	strictTopics := fs.Bool("strict-topics", false, "refuse to start when an existing topic has fewer partitions, another replication factor or another min.insync.replicas than configured (default: warn)")

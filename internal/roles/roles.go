@@ -100,8 +100,8 @@ type Config struct {
 	// OperatorTokens may call the API's operator actions (api.Config's
 	// Operators; none refuses them).
 	OperatorTokens *api.Tokens
-	// ProtectReads puts the API's reads behind an operator token (and then
-	// the console, which has no login of its own, is not served).
+	// ProtectReads puts the API's reads behind an operator token, and the
+	// console behind its sign-in.
 	ProtectReads bool
 	// ReadOnly makes the console show no action and the API refuse every
 	// operator action.
@@ -329,14 +329,13 @@ func (s *Stack) Run(ctx context.Context) error {
 		closers = append(closers, func() { _ = replayPub.Close() })
 		deadLetters := deadletter.NewStore(pool)
 		replayer := deadletter.NewReplayer(deadLetters, replayPub)
-		var ui http.Handler
 		kafka := cfg.Kafka
-		if !cfg.ProtectReads { // the console has no login of its own yet
-			ui, err = console.New(console.Config{Base: ConsolePath, Pool: pool, Engine: s.Engine, DeadLetters: deadLetters,
-				Replayer: replayer, Kafka: &kafka, Topics: cfg.Topics, Operators: cfg.OperatorTokens, ReadOnly: cfg.ReadOnly, Logger: log})
-			if err != nil {
-				return err
-			}
+		// With protected reads the console asks operators to sign in.
+		ui, err := console.New(console.Config{Base: ConsolePath, Pool: pool, Engine: s.Engine, DeadLetters: deadLetters,
+			Replayer: replayer, Kafka: &kafka, Topics: cfg.Topics, Operators: cfg.OperatorTokens, ReadOnly: cfg.ReadOnly,
+			RequireLogin: cfg.ProtectReads, Logger: log})
+		if err != nil {
+			return err
 		}
 		srv := newAPIServer(api.Config{Pool: pool, Orders: orders, Engine: s.Engine, Logger: log, Injection: injection,
 			DeadLetters: deadLetters, Replayer: replayer, Stock: stock{pool}, ReadOnly: cfg.ReadOnly, Kafka: &kafka, Topics: cfg.Topics,
