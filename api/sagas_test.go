@@ -57,6 +57,18 @@ func (e *env) saga(id uuid.UUID) *api.Saga {
 	return &s
 }
 
+// listSagas reads GET /sagas{query}.
+func (e *env) listSagas(query string) api.SagaList {
+	e.t.Helper()
+	res := e.do(http.MethodGet, "/sagas"+query, "")
+	if res.status != http.StatusOK {
+		e.t.Fatalf("GET /sagas%s: %d: %s", query, res.status, res.body)
+	}
+	var l api.SagaList
+	res.decode(e.t, &l)
+	return l
+}
+
 // stepStatuses lists name=status of each step.
 func stepStatuses(s *api.Saga) string {
 	var parts []string
@@ -159,16 +171,7 @@ func TestListSagas(t *testing.T) {
 	for i := range 7 {
 		ids = append(ids, e.mustPlace("key-"+string(rune('a'+i)), orderJSON(t, set("customer_id", "c"+string(rune('a'+i))))).SagaID)
 	}
-	list := func(query string) api.SagaList {
-		t.Helper()
-		res := e.do(http.MethodGet, "/sagas"+query, "")
-		if res.status != http.StatusOK {
-			t.Fatalf("GET /sagas%s: %d: %s", query, res.status, res.body)
-		}
-		var l api.SagaList
-		res.decode(t, &l)
-		return l
-	}
+	list := e.listSagas
 
 	// Pages of 3: 3 + 3 + 1, in id order, nothing twice, next empty at the end.
 	var got []uuid.UUID
@@ -360,22 +363,13 @@ func TestListSagasFilters(t *testing.T) {
 	for i := range 4 {
 		placed = append(placed, e.mustPlace(fmt.Sprintf("filter-key-%d", i), orderJSON(t, set("customer_id", fmt.Sprintf("cust-%d", i%2)))))
 	}
-	ids := func(l api.SagaList) []uuid.UUID {
+	list := func(query string) []uuid.UUID {
+		t.Helper()
 		var out []uuid.UUID
-		for _, s := range l.Sagas {
+		for _, s := range e.listSagas(query).Sagas {
 			out = append(out, s.ID)
 		}
 		return out
-	}
-	list := func(query string) []uuid.UUID {
-		t.Helper()
-		res := e.do(http.MethodGet, "/sagas"+query, "")
-		if res.status != http.StatusOK {
-			t.Fatalf("GET /sagas%s: %d: %s", query, res.status, res.body)
-		}
-		var l api.SagaList
-		res.decode(t, &l)
-		return ids(l)
 	}
 	s := func(i int) uuid.UUID { return placed[i].SagaID }
 	// Sagas 2 and 3 are on payment; saga 3 waits for a reason; saga 0

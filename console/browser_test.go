@@ -246,6 +246,22 @@ func (e *env) place(inject map[string]string) (sagaID, orderID uuid.UUID) {
 	return p.SagaID, p.OrderID
 }
 
+// audited fails the test unless saga id's history has event with reason
+// (an operator action, with who and why).
+func (e *env) audited(id uuid.UUID, event, reason string) {
+	e.t.Helper()
+	h, err := saga.History(context.Background(), e.db.Pool, id)
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	for _, x := range h {
+		if x.Event == event && x.Reason == reason {
+			return
+		}
+	}
+	e.t.Fatalf("saga %s: no %s %q in the history: %+v", id, event, reason, h)
+}
+
 // waitState waits until saga id is in state.
 func (e *env) waitState(id uuid.UUID, state saga.State, within time.Duration) {
 	e.t.Helper()
@@ -347,17 +363,7 @@ func TestConsoleFindRetryDeadLetters(t *testing.T) {
 		t.Fatalf("the timeline shows %d operator actions, want the retry", n)
 	}
 	e.shot("saga-retried")
-	h, err := saga.History(context.Background(), e.db.Pool, stuck)
-	if err != nil {
-		t.Fatal(err)
-	}
-	audited := false
-	for _, x := range h {
-		audited = audited || (x.Event == saga.EventOperatorRetry && x.Reason == "operator ops: inventory is answering again")
-	}
-	if !audited {
-		t.Fatalf("the retry is not in the history with who and why: %+v", h)
-	}
+	e.audited(stuck, saga.EventOperatorRetry, "operator ops: inventory is answering again")
 
 	// A malformed command is dead-lettered and shows under Dead letters.
 	pub, err := e.kafka.NewPublisher(watermill.NopLogger{})
@@ -539,17 +545,7 @@ func TestConsoleSignIn(t *testing.T) {
 		t.Errorf("after the abort: %q", flash)
 	}
 	e.shot("saga-aborted-signed-in")
-	h, err := saga.History(context.Background(), e.db.Pool, id)
-	if err != nil {
-		t.Fatal(err)
-	}
-	found := false
-	for _, x := range h {
-		found = found || x.Reason == "operator ops: customer cancelled by phone"
-	}
-	if !found {
-		t.Errorf("the history does not name the operator: %+v", h)
-	}
+	e.audited(id, saga.EventOperatorAborted, "operator ops: customer cancelled by phone")
 	e.do("sign out", chromedp.Click(chromedp.ID("sign-out")), chromedp.WaitVisible(chromedp.ID("sign-in")))
 	e.open("/ui/")
 	if got := e.text("h1"); got != "Sign in" {
