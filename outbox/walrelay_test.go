@@ -231,6 +231,11 @@ func TestWALRelayWaitsUntilCommitVisible(t *testing.T) {
 	if err := conn.QueryRow(ctx, "SELECT pg_backend_pid()").Scan(&pid); err != nil {
 		t.Fatal(err)
 	}
+	// A session sees the setting before the checkpointer applies it to
+	// the shared state that makes commits wait: until then a commit does
+	// not wait, and the relay rightly publishes it. Probe commits until
+	// one waits for the standby.
+	waitSyncRepInForce(ctx, t, e.db.URL, e.db.Pool)
 	committed := make(chan error, 1)
 	go func() {
 		tx, err := conn.Begin(ctx)
@@ -269,4 +274,72 @@ func TestWALRelayWaitsUntilCommitVisible(t *testing.T) {
 	e.waitEffects(ctx, 1)
 	waitFor(t, "outbox drained", func() bool { b, _ := e.ob.Backlog(ctx, e.db.Pool); return b.Rows == 0 })
 	e.checkExactlyOnce(ctx, 1)
+}
+
+// waitSyncRepInForce commits probe transactions (synchronous_commit on)
+// until one waits for the synchronous standby, then cancels its wait.
+func waitSyncRepInForce(ctx context.Context, t *testing.T, url string, pool *pgxpool.Pool) {
+	t.Helper()
+	probe, err := pgx.Connect(ctx, url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer probe.Close(ctx)
+	var pid int
+	if err := probe.QueryRow(ctx, "SELECT pg_backend_pid()").Scan(&pid); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := probe.Exec(ctx, "CREATE TEMP TABLE sync_probe (n int)"); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(time.Minute)
+probes:
+	for round := 1; ; round++ {
+		done := make(chan error, 1)
+		go func() {
+			tx, err := probe.Begin(ctx)
+			if err != nil {
+				done <- err
+				return
+			}
+			defer tx.Rollback(ctx) //nolint:errcheck // a no-op after Commit
+			if _, err := tx.Exec(ctx, "SET LOCAL synchronous_commit = on"); err != nil {
+				done <- err
+				return
+			}
+			// A temporary table's rows are not WAL-logged: the commit
+			// record needs a transaction id, which txid_current assigns.
+			if _, err := tx.Exec(ctx, "SELECT txid_current()"); err != nil {
+				done <- err
+				return
+			}
+			done <- tx.Commit(ctx)
+		}()
+		for waiting := false; !waiting; {
+			select {
+			case err := <-done:
+				if err != nil {
+					t.Fatalf("probe commit: %v", err)
+				}
+				if time.Now().After(deadline) {
+					t.Fatalf("after %d probes, commits still do not wait for the synchronous standby", round)
+				}
+				continue probes
+			case <-time.After(10 * time.Millisecond):
+			}
+			var event *string
+			if err := pool.QueryRow(ctx, "SELECT wait_event FROM pg_stat_activity WHERE pid = $1", pid).Scan(&event); err != nil {
+				t.Fatal(err)
+			}
+			waiting = event != nil && *event == "SyncRep"
+		}
+		if _, err := pool.Exec(ctx, "SELECT pg_cancel_backend($1)", pid); err != nil {
+			t.Fatal(err)
+		}
+		if err := <-done; err != nil {
+			t.Fatalf("probe commit after its wait was cancelled: %v", err)
+		}
+		t.Logf("commits wait for the standby from probe %d on", round)
+		return
+	}
 }
