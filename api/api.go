@@ -72,6 +72,7 @@ import (
 	"github.com/sagaflow/sagaflow/kafkax"
 	"github.com/sagaflow/sagaflow/order"
 	"github.com/sagaflow/sagaflow/saga"
+	"github.com/sagaflow/sagaflow/telemetry"
 )
 
 // Defaults of Config.
@@ -361,9 +362,15 @@ func (s *server) middleware(mux *http.ServeMux) http.Handler {
 		start := time.Now()
 		rec := &recorder{ResponseWriter: w}
 		var out http.ResponseWriter = rec
-		if _, pattern := mux.Handler(r); pattern == "" {
+		_, pattern := mux.Handler(r)
+		if pattern == "" {
 			// No route matches: the mux answers 404 or 405 in plain text.
 			out = &routeErrorWriter{recorder: rec, r: r}
+		}
+		if telemetry.Enabled() {
+			ctx, span := telemetry.StartServer(r.Context(), r.Header, pattern, r.Method, r.URL.Path)
+			r = r.WithContext(ctx)
+			defer func() { telemetry.Served(span, rec.status()) }()
 		}
 		defer func() {
 			if v := recover(); v != nil {

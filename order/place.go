@@ -223,7 +223,7 @@ func (s *Service) Place(ctx context.Context, key string, req *PlaceRequest) (Pla
 	// The saga's rows, its first command and the OrderPlaced event reach
 	// PostgreSQL in one round trip.
 	var b pgx.Batch
-	if _, err := s.engine.StartBatch(&b, SagaType, sagaID, data); err != nil {
+	if _, err := s.engine.StartBatch(ctx, &b, SagaType, sagaID, data); err != nil {
 		return Placed{}, fmt.Errorf("start saga of order %s: %w", orderID, err)
 	}
 	if err := s.queueEvent(&b, EventPlaced, orderID, sagaID, ""); err != nil {

@@ -11,12 +11,17 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/ThreeDotsLabs/watermill-kafka/v3/pkg/kafka"
 	"github.com/ThreeDotsLabs/watermill/message"
 	"github.com/ThreeDotsLabs/watermill/message/router/middleware"
 	"github.com/google/uuid"
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgxpool"
+	"go.opentelemetry.io/otel/trace"
+
+	"github.com/sagaflow/sagaflow/kafkax"
+	"github.com/sagaflow/sagaflow/telemetry"
 )
 
 // Handler applies one message's effect inside tx and writes the messages it
@@ -100,7 +105,25 @@ func (in *Inbox) Wrap(h Handler) message.NoPublishHandlerFunc {
 			return Permanent(fmt.Errorf("message id %q is not a UUID: %w", msg.UUID, err))
 		}
 		ctx := msg.Context()
+		var span trace.Span
+		if telemetry.Enabled() {
+			ctx, span = in.startProcess(ctx, msg)
+			msg.SetContext(ctx) // a batch handler finds the span there
+		}
 		dup, err := in.handleGrouped(ctx, id, msg, func(ctx context.Context, tx pgx.Tx) error { return h(ctx, tx, msg) })
+		if span != nil {
+			errorType := ""
+			switch {
+			case err == nil:
+			case IsPermanent(err):
+				errorType = "permanent"
+			case IsTransient(err):
+				errorType = "transient"
+			default:
+				errorType = "handler"
+			}
+			telemetry.Processed(span, dup, err, errorType)
+		}
 		if err != nil {
 			return err
 		}
@@ -111,6 +134,22 @@ func (in *Inbox) Wrap(h Handler) message.NoPublishHandlerFunc {
 		}
 		return nil
 	}
+}
+
+// startProcess starts msg's consumer span, the child of the producer's.
+func (in *Inbox) startProcess(ctx context.Context, msg *message.Message) (context.Context, trace.Span) {
+	m := telemetry.Message{Topic: message.SubscribeTopicFromCtx(ctx), Key: msg.Metadata.Get(kafkax.KeyMetadata), ID: msg.UUID,
+		SagaID: msg.Metadata.Get(HeaderCorrelationID), Group: in.consumer, Partition: -1, Offset: -1}
+	if p, ok := kafka.MessagePartitionFromCtx(ctx); ok {
+		m.Partition = p
+	}
+	if o, ok := kafka.MessagePartitionOffsetFromCtx(ctx); ok {
+		m.Offset = o
+	}
+	if m.Topic == "" {
+		m.Topic = in.consumer
+	}
+	return telemetry.StartProcess(ctx, msg.Metadata, m)
 }
 
 // Handle runs fn in a transaction that first claims message id for this

@@ -23,8 +23,10 @@ import (
 	"github.com/ThreeDotsLabs/watermill-kafka/v3/pkg/kafka"
 	"github.com/google/uuid"
 	"github.com/jackc/pgx/v5"
+	"go.opentelemetry.io/otel/trace"
 
 	"github.com/sagaflow/sagaflow/kafkax"
+	"github.com/sagaflow/sagaflow/telemetry"
 )
 
 // Header names carried by every message (as Kafka headers, and as watermill
@@ -55,7 +57,8 @@ type Message struct {
 	// CausationID is the id of the message that caused this one.
 	CorrelationID string
 	CausationID   string
-	// Headers are extra headers.
+	// Headers are extra headers. With tracing on, Write adds the trace
+	// context of its ctx (traceparent …) unless they carry one.
 	Headers map[string]string
 }
 
@@ -78,7 +81,7 @@ func (o *Outbox) Write(ctx context.Context, tx pgx.Tx, msgs ...Message) error {
 	if len(msgs) == 0 {
 		return nil
 	}
-	args, err := o.insertArgs(msgs)
+	args, err := o.insertArgs(ctx, msgs)
 	if err != nil {
 		return err
 	}
@@ -91,12 +94,14 @@ func (o *Outbox) Write(ctx context.Context, tx pgx.Tx, msgs ...Message) error {
 
 // Queue adds the insert of msgs to b, for a caller that sends a
 // transaction's writes in one round trip (tx.SendBatch); an error from the
-// insert surfaces when the batch is read. It fills in zero IDs.
+// insert surfaces when the batch is read. It fills in zero IDs. Having no
+// ctx, it adds no trace context: a traced caller puts it in Headers
+// (telemetry.Inject).
 func (o *Outbox) Queue(b *pgx.Batch, msgs ...Message) error {
 	if len(msgs) == 0 {
 		return nil
 	}
-	args, err := o.insertArgs(msgs)
+	args, err := o.insertArgs(context.Background(), msgs)
 	if err != nil {
 		return err
 	}
@@ -105,12 +110,13 @@ func (o *Outbox) Queue(b *pgx.Batch, msgs ...Message) error {
 	return nil
 }
 
-func (o *Outbox) insertArgs(msgs []Message) ([]any, error) {
+func (o *Outbox) insertArgs(ctx context.Context, msgs []Message) ([]any, error) {
+	traced := telemetry.Enabled() && trace.SpanContextFromContext(ctx).IsValid()
 	ids := make([]uuid.UUID, len(msgs))
 	topics := make([]string, len(msgs))
 	keys := make([]string, len(msgs))
 	payloads := make([][]byte, len(msgs))
-	headers := make([][]byte, len(msgs))
+	encoded := make([][]byte, len(msgs))
 	for i := range msgs {
 		m := &msgs[i]
 		if m.Topic == "" {
@@ -128,13 +134,17 @@ func (o *Outbox) insertArgs(msgs []Message) ([]any, error) {
 			}
 			m.ID = id
 		}
-		h, err := json.Marshal(m.headers())
+		headers := m.headers()
+		if traced && headers[telemetry.TraceParent] == "" {
+			telemetry.Inject(ctx, headers)
+		}
+		h, err := json.Marshal(headers)
 		if err != nil {
 			return nil, fmt.Errorf("write outbox message %s: encode headers: %w", m.ID, err)
 		}
-		ids[i], topics[i], keys[i], payloads[i], headers[i] = m.ID, m.Topic, m.Key, m.Payload, h
+		ids[i], topics[i], keys[i], payloads[i], encoded[i] = m.ID, m.Topic, m.Key, m.Payload, h
 	}
-	return []any{ids, topics, keys, payloads, headers, o.q.schema + ":"}, nil
+	return []any{ids, topics, keys, payloads, encoded, o.q.schema + ":"}, nil
 }
 
 // reservedHeader reports whether name is a header the relay writes itself:

@@ -37,13 +37,16 @@ type sendOutcome struct {
 // topic; sendOnce updates it.
 func (r *Relay) sendOnce(batch []row, unknownTopic map[uuid.UUID]int) sendOutcome {
 	msgs := r.messages(batch)
+	spans := traceSends(batch, msgs)
 	err := r.cfg.Producer.SendMessages(msgs)
 	if err == nil {
+		endSends(spans, msgs, nil, nil)
 		return sendOutcome{sent: batch}
 	}
 	var perrs sarama.ProducerErrors
 	if !errors.As(err, &perrs) {
 		// The whole call failed (the producer is closed, …): retry all.
+		endSends(spans, msgs, nil, err)
 		return sendOutcome{retry: batch, err: err}
 	}
 	failed := make(map[int]error, len(perrs))
@@ -54,6 +57,7 @@ func (r *Relay) sendOnce(batch []row, unknownTopic map[uuid.UUID]int) sendOutcom
 			}
 		}
 	}
+	endSends(spans, msgs, failed, nil)
 	out := sendOutcome{err: firstProducerError(err)}
 	for i, rw := range batch {
 		ferr, bad := failed[i]

@@ -14,8 +14,10 @@ import (
 	"github.com/google/uuid"
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
+	"go.opentelemetry.io/otel/trace"
 
 	"github.com/sagaflow/sagaflow/outbox"
+	"github.com/sagaflow/sagaflow/telemetry"
 )
 
 // State is a saga instance's state.
@@ -164,7 +166,7 @@ func (e *Engine) Define(d *Definition) error {
 // commits.
 func (e *Engine) Start(ctx context.Context, tx pgx.Tx, sagaType string, id uuid.UUID, data json.RawMessage) (*Instance, error) {
 	var w writes
-	in, err := e.start(&w, sagaType, id, data)
+	in, err := e.start(ctx, &w, sagaType, id, data)
 	if err != nil {
 		return nil, err
 	}
@@ -176,10 +178,11 @@ func (e *Engine) Start(ctx context.Context, tx pgx.Tx, sagaType string, id uuid.
 
 // StartBatch is Start for a caller that sends its transaction's writes in
 // one round trip: it queues the saga's rows and first command on b, and the
-// saga starts when the caller's transaction (which sends b) commits.
-func (e *Engine) StartBatch(b *pgx.Batch, sagaType string, id uuid.UUID, data json.RawMessage) (*Instance, error) {
+// saga starts when the caller's transaction (which sends b) commits. ctx
+// carries the trace the saga joins (it is not used for I/O).
+func (e *Engine) StartBatch(ctx context.Context, b *pgx.Batch, sagaType string, id uuid.UUID, data json.RawMessage) (*Instance, error) {
 	var w writes
-	in, err := e.start(&w, sagaType, id, data)
+	in, err := e.start(ctx, &w, sagaType, id, data)
 	if err != nil {
 		return nil, err
 	}
@@ -191,10 +194,27 @@ func (e *Engine) StartBatch(b *pgx.Batch, sagaType string, id uuid.UUID, data js
 	return in, nil
 }
 
-func (e *Engine) start(w *writes, sagaType string, id uuid.UUID, data json.RawMessage) (*Instance, error) {
+func (e *Engine) start(ctx context.Context, w *writes, sagaType string, id uuid.UUID, data json.RawMessage) (*Instance, error) {
 	def, ok := e.defs[sagaType]
 	if !ok {
 		return nil, fmt.Errorf("start saga %s: unknown saga type %q", id, sagaType)
+	}
+	// The saga's root span: its commands, their replies and everything
+	// they cause are its descendants; the sweeper's resends find it by the
+	// trace parent kept with the saga.
+	var traceParent *string
+	if telemetry.Enabled() {
+		var span trace.Span
+		ctx, span = telemetry.Tracer().Start(ctx, "start saga "+sagaType,
+			trace.WithAttributes(telemetry.AttrSagaID.String(id.String()), telemetry.AttrSagaType.String(sagaType)))
+		defer span.End()
+		w.trace = ctx
+		defer func() { w.trace = nil }()
+		h := map[string]string{}
+		telemetry.Inject(ctx, h)
+		if tp := h[telemetry.TraceParent]; tp != "" {
+			traceParent = &tp
+		}
 	}
 	now := time.Now()
 	in := &Instance{ID: id, Type: sagaType, State: Running, Step: 0, Attempt: 1, Data: data,
@@ -203,7 +223,7 @@ func (e *Engine) start(w *writes, sagaType string, id uuid.UUID, data json.RawMe
 	timeout := first.Retry.timeout(1)
 	dl := now.Add(timeout)
 	in.StepDeadline = &dl
-	w.Queue(sqlInsertInstance, id, sagaType, data, timeout.Microseconds(), def.Deadline.Microseconds())
+	w.Queue(sqlInsertInstance, id, sagaType, data, timeout.Microseconds(), def.Deadline.Microseconds(), traceParent)
 	e.history(w, id, first.Name, "", 0, EventStarted, "", uuid.Nil)
 	if err := e.send(w, def, in, KindAction, ""); err != nil {
 		return nil, err
@@ -247,6 +267,7 @@ func (e *Engine) HandleReply(ctx context.Context, tx pgx.Tx, msg *message.Messag
 	}
 	msgID, _ := uuid.Parse(msg.UUID)
 	var w writes
+	w.trace = ctx
 	if err := e.apply(ctx, tx, &w, r, msgID); err != nil {
 		return err
 	}
@@ -420,6 +441,9 @@ func (e *Engine) history(w *writes, id uuid.UUID, step string, kind Kind, attemp
 	if msgID != uuid.Nil {
 		mid = &msgID
 	}
+	if w.trace != nil {
+		traceEvent(w.trace, id, step, kind, attempt, event, reason)
+	}
 	h := &w.hist
 	h.ids, h.steps, h.kinds, h.attempts = append(h.ids, id), append(h.steps, step), append(h.kinds, string(kind)), append(h.attempts, int32(attempt))
 	h.events, h.reasons, h.msgIDs = append(h.events, event), append(h.reasons, reason), append(h.msgIDs, mid)
@@ -439,13 +463,26 @@ type writes struct {
 		msgIDs               []*uuid.UUID
 	}
 	cmds []outbox.Message
+	// trace is the context whose span the writes belong to (the consumer
+	// span of the reply being applied, the saga's root span, a sweep's
+	// span); nil while tracing is off.
+	trace context.Context
 }
 
 // sagaOutbox is the engine's outbox, where its commands go.
 var sagaOutbox = outbox.New("saga")
 
 // command gathers a command for the saga outbox (its ID and Topic set).
-func (w *writes) command(m outbox.Message) { w.cmds = append(w.cmds, m) }
+// With tracing on it carries the trace context of w.trace.
+func (w *writes) command(m outbox.Message) {
+	if w.trace != nil && telemetry.Enabled() {
+		if m.Headers == nil {
+			m.Headers = make(map[string]string, 3)
+		}
+		telemetry.Inject(w.trace, m.Headers)
+	}
+	w.cmds = append(w.cmds, m)
+}
 
 // batch queues the gathered history lines and commands after the
 // statements, and returns the batch to send; w is empty afterwards.
@@ -456,8 +493,8 @@ func (w *writes) batch() (*pgx.Batch, error) {
 	if err := sagaOutbox.Queue(&w.Batch, w.cmds...); err != nil {
 		return nil, fmt.Errorf("send %d saga command(s): %w", len(w.cmds), err)
 	}
-	b := w.Batch
-	*w = writes{}
+	b, tr := w.Batch, w.trace
+	*w = writes{trace: tr}
 	return &b, nil
 }
 
@@ -486,7 +523,7 @@ func (e *Engine) SweepOnce(ctx context.Context, limit int) (int, error) {
 		var state string
 		in := o.Instance
 		err := row.Scan(&in.ID, &in.Type, &state, &in.Step, &in.Attempt, &in.Completed, &in.Data, &in.Reason,
-			&in.StepDeadline, &in.Deadline, &in.Version, &in.CreatedAt, &in.UpdatedAt, &in.EndedAt, &o.pastDeadline)
+			&in.StepDeadline, &in.Deadline, &in.Version, &in.CreatedAt, &in.UpdatedAt, &in.EndedAt, &o.pastDeadline, &o.traceParent)
 		in.State = State(state)
 		return o, err
 	})
@@ -505,7 +542,10 @@ func (e *Engine) SweepOnce(ctx context.Context, limit int) (int, error) {
 	}
 	var w writes
 	for _, o := range due {
-		if err := e.timeout(&w, o, stalled); err != nil {
+		end := sweepSpan(&w, o)
+		err := e.timeout(&w, o, stalled)
+		end()
+		if err != nil {
 			return 0, err
 		}
 	}
@@ -523,6 +563,8 @@ func (e *Engine) SweepOnce(ctx context.Context, limit int) (int, error) {
 type overdue struct {
 	*Instance
 	pastDeadline bool
+	// traceParent is the saga's root span (nil: untraced).
+	traceParent *string
 }
 
 func (e *Engine) timeout(w *writes, o overdue, stalled string) error {

@@ -13,6 +13,7 @@ import (
 	"github.com/jackc/pgx/v5"
 
 	"github.com/sagaflow/sagaflow/outbox"
+	"github.com/sagaflow/sagaflow/telemetry"
 )
 
 type engineMetrics struct {
@@ -125,23 +126,26 @@ func (replyBatch) Take(msg *message.Message) (any, bool) {
 	if err != nil {
 		return nil, false
 	}
-	return idReply{id, r}, true
+	return idReply{id, r, msg.Context()}, true
 }
 
 type idReply struct {
 	id uuid.UUID
 	r  Reply
+	// ctx is the message's: its consumer span, while tracing is on.
+	ctx context.Context
 }
 
 // HandleBatch applies replies together.
 func (rb replyBatch) HandleBatch(ctx context.Context, tx pgx.Tx, items []any) error {
 	replies := make([]Reply, len(items))
 	ids := make([]uuid.UUID, len(items))
+	traces := make([]context.Context, len(items))
 	for i, it := range items {
 		ir := it.(idReply)
-		ids[i], replies[i] = ir.id, ir.r
+		ids[i], replies[i], traces[i] = ir.id, ir.r, ir.ctx
 	}
-	return rb.e.HandleReplies(ctx, tx, ids, replies)
+	return rb.e.handleReplies(ctx, tx, ids, replies, traces)
 }
 
 // HandleReplies is HandleReply for many decoded replies (msgIDs[i] is the
@@ -150,6 +154,13 @@ func (rb replyBatch) HandleBatch(ctx context.Context, tx pgx.Tx, items []any) er
 // sending every write in one round trip. Any error is the batch's: the
 // caller handles the replies one by one instead.
 func (e *Engine) HandleReplies(ctx context.Context, tx pgx.Tx, msgIDs []uuid.UUID, replies []Reply) error {
+	return e.handleReplies(ctx, tx, msgIDs, replies, nil)
+}
+
+// handleReplies is HandleReplies; traces[i] (when given) is the context of
+// the message that carried replies[i], whose span the writes it causes
+// belong to.
+func (e *Engine) handleReplies(ctx context.Context, tx pgx.Tx, msgIDs []uuid.UUID, replies []Reply, traces []context.Context) error {
 	ids := make([]uuid.UUID, 0, len(replies))
 	for _, r := range replies {
 		ids = append(ids, r.SagaID)
@@ -174,9 +185,13 @@ func (e *Engine) HandleReplies(ctx context.Context, tx pgx.Tx, msgIDs []uuid.UUI
 		if !ok {
 			return fmt.Errorf("reply %s for unknown saga %s", msgIDs[i], r.SagaID)
 		}
+		if traces != nil && telemetry.Enabled() {
+			w.trace = traces[i]
+		}
 		if err := e.move(&w, in, r, msgIDs[i]); err != nil {
 			return err
 		}
 	}
+	w.trace = nil
 	return flush(ctx, tx, &w)
 }

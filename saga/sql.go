@@ -6,8 +6,8 @@ const (
 	// sqlInsertInstance takes the step timeout ($4) and the saga's
 	// timeout ($5) in microseconds: deadlines are the database's now() plus
 	// them, so the host's clock never enters a comparison with now().
-	sqlInsertInstance = `INSERT INTO saga.instances (id, type, state, step, attempt, data, step_deadline, deadline)
-VALUES ($1, $2, 'running', 0, 1, $3, now() + $4::bigint * interval '1 microsecond', now() + $5::bigint * interval '1 microsecond')`
+	sqlInsertInstance = `INSERT INTO saga.instances (id, type, state, step, attempt, data, step_deadline, deadline, trace_parent)
+VALUES ($1, $2, 'running', 0, 1, $3, now() + $4::bigint * interval '1 microsecond', now() + $5::bigint * interval '1 microsecond', $6)`
 
 	sqlLockInstance = `SELECT id, type, state, step, attempt, completed, data, COALESCE(reason, ''), step_deadline, deadline, version,
 	created_at, updated_at, ended_at
@@ -42,7 +42,7 @@ ORDER BY h.ord`
 	// different sagas, and never waits on a saga whose reply is being
 	// handled.
 	sqlOverdue = `SELECT id, type, state, step, attempt, completed, data, COALESCE(reason, ''), step_deadline, deadline, version,
-	created_at, updated_at, ended_at, deadline <= now()
+	created_at, updated_at, ended_at, deadline <= now(), trace_parent
 FROM saga.instances
 WHERE state IN ('running', 'compensating') AND step_deadline <= now() AND type = ANY($1)
 ORDER BY step_deadline

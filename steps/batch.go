@@ -25,6 +25,8 @@ type action struct {
 	msgID string
 	cmd   saga.Command
 	data  order.Data
+	// ctx is the message's: its consumer span, while tracing is on.
+	ctx context.Context
 }
 
 // Take takes the action commands that decode, validate and ask for no
@@ -41,7 +43,7 @@ func (ab actionBatch) Take(msg *message.Message) (any, bool) {
 	if p.injection(cmd.Kind, &data).kind != modeNone {
 		return nil, false
 	}
-	return &action{msgID: msg.UUID, cmd: cmd, data: data}, true
+	return &action{msgID: msg.UUID, cmd: cmd, data: data, ctx: msg.Context()}, true
 }
 
 // HandleBatch applies the actions as the package documentation's table says.
@@ -132,6 +134,7 @@ func (ab actionBatch) HandleBatch(ctx context.Context, tx pgx.Tx, items []any) e
 		if replies[i], err = saga.NewReply(p.cfg.Topics.SagaReplies, a.cmd, a.msgID, outcomes[i], reasons[i]); err != nil {
 			return err
 		}
+		replies[i] = outbox.Traced(a.ctx, replies[i])
 	}
 	if err := p.out.Queue(&b, replies...); err != nil {
 		return err

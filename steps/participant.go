@@ -315,7 +315,7 @@ func (p *Participant) Handle(ctx context.Context, tx pgx.Tx, msg *message.Messag
 	if err != nil {
 		return err
 	}
-	if err := p.out.Queue(&b, reply); err != nil {
+	if err := p.out.Queue(&b, outbox.Traced(ctx, reply)); err != nil {
 		return err
 	}
 	if err := saga.SendBatch(ctx, tx, &b); err != nil {

@@ -95,6 +95,11 @@ func runDev(ctx context.Context, args []string, stdout io.Writer) error {
 	if err := steps.SeedStock(ctx, pool, demoStock); err != nil {
 		return err
 	}
+	stopTracing, err := startTracing(ctx, "sagaflow-dev")
+	if err != nil {
+		return err
+	}
+	defer stopTracing()
 	stack, err := roles.New(roles.Config{
 		Pool: pool, Kafka: kcfg, Topics: kafkax.DefaultTopics(), Roles: []string{roles.All}, HTTPAddr: *httpAddr,
 		Saga: sf.config(), DeliveryStallAfter: sf.stallAfter, AllowInjection: true, Crash: crash, OutboxMode: mode,

@@ -6,6 +6,7 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"log/slog"
 	"os"
 	"slices"
 	"strings"
@@ -21,6 +22,7 @@ import (
 	"github.com/sagaflow/sagaflow/order"
 	"github.com/sagaflow/sagaflow/outbox"
 	"github.com/sagaflow/sagaflow/steps"
+	"github.com/sagaflow/sagaflow/telemetry"
 )
 
 // commonFlags are the connection flags every service command takes.
@@ -298,6 +300,11 @@ func runServe(ctx context.Context, args []string, stdout io.Writer) error {
 	if err := kcfg.Ping(ctx); err != nil {
 		return err
 	}
+	stopTracing, err := startTracing(ctx, "sagaflow-"+strings.ReplaceAll(*role, ",", "-"))
+	if err != nil {
+		return err
+	}
+	defer stopTracing()
 	stack, err := roles.New(roles.Config{
 		Pool: pool, Kafka: kcfg, Topics: c.topics(), Roles: roleNames, HTTPAddr: *httpAddr,
 		Saga: sf.config(), DeliveryStallAfter: sf.stallAfter, AllowInjection: *allowInjection, Inject: injected, DuplicateRelay: *duplicate,
@@ -326,4 +333,23 @@ func runServe(ctx context.Context, args []string, stdout io.Writer) error {
 func crash(point string) {
 	fmt.Fprintf(os.Stderr, "sagaflow: injected crash at %s\n", point)
 	os.Exit(3)
+}
+
+// startTracing turns tracing on when the OTEL_* environment asks for it
+// (telemetry.Setup); the returned func flushes the spans, within 5 s.
+func startTracing(ctx context.Context, service string) (stop func(), err error) {
+	shutdown, err := telemetry.Setup(ctx, service)
+	if err != nil {
+		return nil, err
+	}
+	if telemetry.Enabled() {
+		slog.Info("tracing on: spans are exported over OTLP", "service", service)
+	}
+	return func() {
+		sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+		defer cancel()
+		if err := shutdown(sctx); err != nil {
+			slog.Warn("flush traces", "err", err)
+		}
+	}, nil
 }

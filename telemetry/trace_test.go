@@ -1,0 +1,273 @@
+package telemetry_test
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"net"
+	"net/http"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/google/uuid"
+	sdktrace "go.opentelemetry.io/otel/sdk/trace"
+	"go.opentelemetry.io/otel/sdk/trace/tracetest"
+	"go.opentelemetry.io/otel/trace"
+
+	"github.com/sagaflow/sagaflow/api"
+	"github.com/sagaflow/sagaflow/internal/roles"
+	"github.com/sagaflow/sagaflow/internal/testenv"
+	"github.com/sagaflow/sagaflow/kafkax"
+	"github.com/sagaflow/sagaflow/outbox"
+	"github.com/sagaflow/sagaflow/saga"
+	"github.com/sagaflow/sagaflow/steps"
+	"github.com/sagaflow/sagaflow/telemetry"
+)
+
+func TestMain(m *testing.M) { testenv.Main(m) }
+
+// env is a whole Sagaflow stack whose spans go to an in-memory exporter.
+type env struct {
+	t      *testing.T
+	db     *testenv.Database
+	topics kafkax.Topics
+	spans  *tracetest.InMemoryExporter
+	base   string
+}
+
+// setup starts a stack of every role but those left out, with tracing
+// on. Not parallel: the tracer is the process's.
+func setup(t *testing.T, leaveOut ...string) *env {
+	t.Helper()
+	e := &env{t: t, db: testenv.DB(t), topics: kafkax.PrefixedTopics(testenv.Name(t, "tr") + "."), spans: tracetest.NewInMemoryExporter()}
+	tp := sdktrace.NewTracerProvider(sdktrace.WithSyncer(e.spans))
+	telemetry.Use(tp)
+	t.Cleanup(func() { telemetry.Use(nil); _ = tp.Shutdown(context.Background()) })
+	if err := steps.SeedStock(context.Background(), e.db.Pool, map[string]int{"sku-1": 100}); err != nil {
+		t.Fatal(err)
+	}
+	var rs []string
+	for _, r := range []string{roles.API, roles.Orchestrator, roles.Inventory, roles.Payment, roles.Shipping, roles.Relay} {
+		if !slices.Contains(leaveOut, r) {
+			rs = append(rs, r)
+		}
+	}
+	e.base = "http://" + e.start(rs...)
+	return e
+}
+
+// start runs a stack of roles rs until the test ends and returns the
+// API's address (empty without the api role).
+func (e *env) start(rs ...string) string {
+	t := e.t
+	t.Helper()
+	cfg := roles.Config{Pool: e.db.Pool, Kafka: testenv.Kafka(t), Topics: e.topics, Roles: rs,
+		AllowInjection: true, SweepInterval: 50 * time.Millisecond,
+		Crash: func(point string) { t.Errorf("unexpected injected crash at %s", point) }}
+	cfg.Saga.StepTimeout = 30 * time.Second
+	if slices.Contains(rs, roles.API) {
+		ln, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		cfg.Listener = ln
+	}
+	stack, err := roles.New(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- stack.Run(ctx) }()
+	t.Cleanup(func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("stack: %v", err)
+		}
+	})
+	select {
+	case <-stack.Ready():
+	case err := <-done:
+		t.Fatalf("stack did not start: %v", err)
+	}
+	return stack.Addr
+}
+
+// place posts an order and returns its saga id.
+func (e *env) place(inject map[string]string) uuid.UUID {
+	e.t.Helper()
+	body, _ := json.Marshal(map[string]any{
+		"customer_id": "c-1", "items": []map[string]any{{"sku": "sku-1", "quantity": 1}},
+		"amount":           map[string]any{"value": "12.50", "currency": "EUR"},
+		"shipping_address": map[string]any{"name": "Ada", "line1": "1 Main St", "city": "Berlin", "postal_code": "10115", "country": "DE"},
+		"inject":           inject,
+	})
+	req, _ := http.NewRequest(http.MethodPost, e.base+"/orders", bytes.NewReader(body))
+	req.Header.Set("Content-Type", "application/json")
+	req.Header.Set("Idempotency-Key", uuid.NewString())
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	var p api.PlaceResponse
+	if resp.StatusCode != http.StatusAccepted || json.NewDecoder(resp.Body).Decode(&p) != nil {
+		e.t.Fatalf("POST /orders: %d", resp.StatusCode)
+	}
+	return p.SagaID
+}
+
+// chain waits for the span that records saga id's outcome and returns it
+// and its ancestors, root first.
+func (e *env) chain(id uuid.UUID, outcome string) []tracetest.SpanStub {
+	e.t.Helper()
+	deadline := time.Now().Add(time.Minute)
+	for {
+		spans := e.spans.GetSpans()
+		for _, s := range spans {
+			if slices.ContainsFunc(s.Events, func(ev sdktrace.Event) bool { return ev.Name == outcome }) && hasSaga(s, id) {
+				return ancestors(spans, s)
+			}
+		}
+		if time.Now().After(deadline) {
+			e.t.Fatalf("no span recorded saga %s %s (%d spans)", id, outcome, len(spans))
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+func hasSaga(s tracetest.SpanStub, id uuid.UUID) bool {
+	for _, a := range s.Attributes {
+		if a.Key == telemetry.AttrSagaID && a.Value.AsString() == id.String() {
+			return true
+		}
+	}
+	return false
+}
+
+func ancestors(spans tracetest.SpanStubs, s tracetest.SpanStub) []tracetest.SpanStub {
+	byID := map[trace.SpanID]tracetest.SpanStub{}
+	for _, x := range spans {
+		byID[x.SpanContext.SpanID()] = x
+	}
+	out := []tracetest.SpanStub{s}
+	for s.Parent.IsValid() {
+		p, ok := byID[s.Parent.SpanID()]
+		if !ok {
+			break
+		}
+		out, s = append(out, p), p
+	}
+	slices.Reverse(out)
+	return out
+}
+
+// describe names each span of a chain as kind:name.
+func describe(chain []tracetest.SpanStub) []string {
+	var out []string
+	for _, s := range chain {
+		out = append(out, fmt.Sprintf("%s:%s", s.SpanKind, s.Name))
+	}
+	return out
+}
+
+func attr(s tracetest.SpanStub, key string) string {
+	for _, a := range s.Attributes {
+		if string(a.Key) == key {
+			return a.Value.String()
+		}
+	}
+	return ""
+}
+
+// One order, from the HTTP request to its terminal state, is one trace:
+// each command and reply is a producer span (the relay's) whose consumer
+// span (the inbox's) is its child, across the database rows of the
+// outboxes; the orchestrator's step transitions are events on them.
+func TestOneTracePerSaga(t *testing.T) {
+	e := setup(t)
+	step := func(cmdTopic string) []string {
+		return []string{"producer:send " + cmdTopic, "consumer:process " + cmdTopic,
+			"producer:send " + e.topics.SagaReplies, "consumer:process " + e.topics.SagaReplies}
+	}
+	root := []string{"server:POST /orders", "internal:start saga order"}
+	cases := []struct {
+		name    string
+		inject  map[string]string
+		outcome string
+		want    []string
+	}{
+		{"completed", nil, saga.EventCompleted,
+			slices.Concat(root, step(e.topics.InventoryCommands), step(e.topics.PaymentCommands), step(e.topics.ShippingCommands))},
+		{"compensated", map[string]string{"payment": "refuse"}, saga.EventCompensated,
+			slices.Concat(root, step(e.topics.InventoryCommands), step(e.topics.PaymentCommands), step(e.topics.InventoryCommands))},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			id := e.place(tc.inject)
+			chain := e.chain(id, tc.outcome)
+			if got := describe(chain); !slices.Equal(got, tc.want) {
+				t.Fatalf("the saga's spans, root first:\n  %s\nwant\n  %s", strings.Join(got, "\n  "), strings.Join(tc.want, "\n  "))
+			}
+			t.Logf("chain: %s", strings.Join(describe(chain), " → "))
+			traceID := chain[0].SpanContext.TraceID()
+			for _, s := range chain {
+				if s.SpanContext.TraceID() != traceID {
+					t.Errorf("span %s is in trace %s, not the order's %s", s.Name, s.SpanContext.TraceID(), traceID)
+				}
+				if strings.Contains(s.Name, id.String()) {
+					t.Errorf("span name %q carries the saga id", s.Name)
+				}
+				switch s.SpanKind {
+				case trace.SpanKindProducer, trace.SpanKindConsumer:
+					if attr(s, "messaging.system") != "kafka" || attr(s, "messaging.destination.name") == "" || attr(s, "messaging.message.id") == "" ||
+						attr(s, "messaging.destination.partition.id") == "" || attr(s, "messaging.kafka.offset") == "" || attr(s, "messaging.message.conversation_id") != id.String() {
+						t.Errorf("%s %s lacks messaging attributes: %v", s.SpanKind, s.Name, s.Attributes)
+					}
+				}
+				if s.SpanKind == trace.SpanKindConsumer && attr(s, "messaging.consumer.group.name") == "" {
+					t.Errorf("consumer span %s names no consumer group", s.Name)
+				}
+			}
+			last := chain[len(chain)-1]
+			if attr(last, "saga.outcome") != tc.outcome {
+				t.Errorf("the last span's saga.outcome is %q, want %q", attr(last, "saga.outcome"), tc.outcome)
+			}
+		})
+	}
+}
+
+// The trace context waits in the outbox row: an order placed while no
+// relay runs is still one trace once a relay starts and publishes it.
+func TestTraceSurvivesRelayRestart(t *testing.T) {
+	e := setup(t, roles.Relay)
+	id := e.place(nil)
+	ob := outbox.New("saga")
+	deadline := time.Now().Add(time.Minute)
+	for {
+		b, err := ob.Backlog(context.Background(), e.db.Pool)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if b.Rows > 0 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the first command never reached the saga outbox")
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	for _, s := range e.spans.GetSpans() {
+		if s.SpanKind == trace.SpanKindProducer {
+			t.Fatalf("a producer span (%s) before any relay ran", s.Name)
+		}
+	}
+	e.start(roles.Relay)
+	chain := e.chain(id, saga.EventCompleted)
+	if len(chain) != 14 || chain[0].Name != "POST /orders" {
+		t.Fatalf("the saga's spans after the relay started: %s", strings.Join(describe(chain), " → "))
+	}
+}
