@@ -62,6 +62,8 @@ import (
 	"log/slog"
 	"net/http"
 	"runtime/debug"
+	"strconv"
+	"strings"
 	"sync"
 	"time"
 
@@ -372,6 +374,15 @@ func (s *server) middleware(mux *http.ServeMux) http.Handler {
 			r = r.WithContext(ctx)
 			defer func() { telemetry.Served(span, rec.status()) }()
 		}
+		route := "unmatched"
+		if _, path, ok := strings.Cut(pattern, " "); ok {
+			route = path // "POST /orders": the method is a label of its own
+		}
+		ctx := r.Context()
+		defer func() {
+			telemetry.HTTPRequests.WithLabelValues(route, r.Method, strconv.Itoa(rec.status())).Inc()
+			telemetry.Observe(ctx, telemetry.HTTPDuration.WithLabelValues(route, r.Method), time.Since(start))
+		}()
 		defer func() {
 			if v := recover(); v != nil {
 				if v == http.ErrAbortHandler {

@@ -129,6 +129,7 @@ func (in *Inbox) Wrap(h Handler) message.NoPublishHandlerFunc {
 		}
 		if dup {
 			in.duplicates.Add(1)
+			telemetry.Duplicates.WithLabelValues(in.consumer).Inc()
 		} else {
 			in.handled.Add(1)
 		}
@@ -260,6 +261,24 @@ var transientGiveUps atomic.Int64
 // of transient error (a statement timeout, a lost race).
 func TransientGiveUps() int64 { return transientGiveUps.Load() }
 
+// transientGiveUp marks the error of a message dead-lettered by
+// transientCap (for the dead-letter metric's reason class).
+type transientGiveUp struct{ error }
+
+func (e transientGiveUp) Unwrap() error { return e.error }
+
+// deadLetterReason classes the error that dead-lettered a message.
+func deadLetterReason(err error) string {
+	var g transientGiveUp
+	switch {
+	case errors.As(err, &g):
+		return "transient_giveup"
+	case IsPermanent(err):
+		return "permanent"
+	}
+	return "retries_exhausted"
+}
+
 // transientCap counts, per message id, the deliveries that failed with a
 // message-bound transient error, and turns the last allowed one into a
 // permanent error. Ids leave the map when their message succeeds or gives
@@ -296,7 +315,7 @@ func (c *transientCap) middleware(h message.HandlerFunc) message.HandlerFunc {
 			return out, err
 		}
 		transientGiveUps.Add(1)
-		return out, Permanent(fmt.Errorf("gave up after %d deliveries that each failed with a transient error: %w", n, err))
+		return out, Permanent(transientGiveUp{fmt.Errorf("gave up after %d deliveries that each failed with a transient error: %w", n, err)})
 	}
 }
 
@@ -393,6 +412,7 @@ func AddConsumer(router *message.Router, c ConsumerConfig) error {
 			return false
 		}
 		log.Error("message dead-lettered", "topic", c.DeadLetterTopic, "err", err)
+		telemetry.DeadLetters.WithLabelValues(c.Name, deadLetterReason(err)).Inc()
 		return true
 	})
 	if err != nil {
@@ -405,6 +425,9 @@ func AddConsumer(router *message.Router, c ConsumerConfig) error {
 		Multiplier:          2,
 		RandomizationFactor: 0.2,
 		ShouldRetry: func(p middleware.RetryParams) bool {
+			if IsTransient(p.Err) {
+				telemetry.TransientRetries.WithLabelValues(c.Name).Inc()
+			}
 			return !IsPermanent(p.Err)
 		},
 	}

@@ -13,10 +13,12 @@ import (
 	"github.com/google/uuid"
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/prometheus/client_golang/prometheus/testutil"
 
 	"github.com/sagaflow/sagaflow/internal/testenv"
 	"github.com/sagaflow/sagaflow/kafkax"
 	"github.com/sagaflow/sagaflow/outbox"
+	"github.com/sagaflow/sagaflow/telemetry"
 )
 
 // pgErr runs sql in a transaction (begun with begin) and returns
@@ -118,5 +120,13 @@ func TestAlwaysTimingOutMessageDeadLettered(t *testing.T) {
 	e.checkOrder(ctx)
 	if n := outbox.TransientGiveUps(); n < 1 {
 		t.Fatalf("transient give-ups counted %d, want at least 1", n)
+	}
+	// The metrics an operator alerts on moved: the retries, and the dead
+	// letter under its reason class.
+	if n := testutil.ToFloat64(telemetry.TransientRetries.WithLabelValues(e.group)); n < 1 {
+		t.Errorf("sagaflow_consumer_transient_retries_total{consumer=%q} = %v", e.group, n)
+	}
+	if n := testutil.ToFloat64(telemetry.DeadLetters.WithLabelValues(e.group, "transient_giveup")); n != 1 {
+		t.Errorf("sagaflow_dead_letters_total{consumer=%q,reason=transient_giveup} = %v, want 1", e.group, n)
 	}
 }

@@ -120,7 +120,7 @@ func Take(ctx context.Context, src Sources, now time.Time) (*Overview, error) {
 			OldestAgeMs: b.OldestAge.Milliseconds(), Parked: parked})
 	}
 	if src.Kafka != nil {
-		if o.Lag, err = lag(ctx, src); err != nil {
+		if o.Lag, err = Lag(ctx, src.Kafka, src.Topics); err != nil {
 			o.LagError = err.Error()
 		}
 	}
@@ -135,27 +135,27 @@ func Take(ctx context.Context, src Sources, now time.Time) (*Overview, error) {
 	return o, nil
 }
 
-// lag asks the broker for every Sagaflow consumer group's lag, within
-// LagTimeout, on one connection.
-func lag(ctx context.Context, src Sources) ([]GroupLag, error) {
+// Lag asks the broker for every Sagaflow consumer group's lag on the
+// topics named by topics, within LagTimeout, on one connection.
+func Lag(ctx context.Context, k *kafkax.Config, topics kafkax.Topics) ([]GroupLag, error) {
 	ctx, cancel := context.WithTimeout(ctx, LagTimeout)
 	defer cancel()
 	groups := make(map[string][]string, len(kafkax.Consumers))
 	for _, c := range kafkax.Consumers {
-		groups[src.Topics.Group(c)] = []string{src.Topics.ConsumedBy(c)}
+		groups[topics.Group(c)] = []string{topics.ConsumedBy(c)}
 	}
-	lags, err := src.Kafka.GroupLags(ctx, groups)
+	lags, err := k.GroupLags(ctx, groups)
 	if err != nil {
 		return nil, fmt.Errorf("consumer lag: %w", err)
 	}
 	rows := make([]GroupLag, 0, len(kafkax.Consumers))
 	for _, c := range kafkax.Consumers {
-		group := src.Topics.Group(c)
+		group := topics.Group(c)
 		var n int64
 		for _, p := range lags[group] {
 			n += p.Lag
 		}
-		rows = append(rows, GroupLag{Group: group, Topic: src.Topics.ConsumedBy(c), Lag: n})
+		rows = append(rows, GroupLag{Group: group, Topic: topics.ConsumedBy(c), Lag: n})
 	}
 	return rows, nil
 }

@@ -311,6 +311,8 @@ func (e *Engine) move(w *writes, in *Instance, r Reply, msgID uuid.UUID) error {
 		return nil
 	}
 	step := def.Steps[idx]
+	// The saga row was last written when this step's latest command was.
+	telemetry.Observe(w.trace, telemetry.StepLatency.WithLabelValues(step.Name, string(r.Kind)), time.Since(in.UpdatedAt))
 	switch {
 	case r.Kind == KindAction && r.Outcome == Succeeded:
 		e.history(w, in.ID, step.Name, KindAction, r.Attempt, EventSucceeded, "", msgID)
@@ -409,6 +411,7 @@ func (e *Engine) finish(w *writes, def *Definition, in *Instance, state State, r
 		event = EventFailed
 	}
 	e.history(w, in.ID, def.stepName(in.Step), "", 0, event, reason, uuid.Nil)
+	telemetry.Observe(w.trace, telemetry.SagaDuration.WithLabelValues(in.Type, string(state)), time.Since(in.CreatedAt))
 	hook := def.OnCancelled
 	if state == Completed {
 		hook = def.OnCompleted
@@ -589,10 +592,12 @@ func (e *Engine) timeout(w *writes, o overdue, stalled string) error {
 		return nil
 	}
 	e.metrics.timeouts.Add(1)
+	telemetry.StepTimeouts.WithLabelValues(step.Name, string(kind)).Inc()
 	if in.State == Running {
 		spent := in.Attempt >= step.Retry.MaxAttempts
 		if !spent && !o.pastDeadline {
 			e.history(w, in.ID, step.Name, KindAction, in.Attempt, EventTimedOut, "resending", uuid.Nil)
+			telemetry.Resends.WithLabelValues(step.Name, string(KindAction)).Inc()
 			in.Attempt++
 			return e.advance(w, def, in, KindAction, "")
 		}
@@ -610,6 +615,7 @@ func (e *Engine) timeout(w *writes, o overdue, stalled string) error {
 		return nil
 	}
 	e.history(w, in.ID, step.Name, KindCompensation, in.Attempt, EventTimedOut, "resending", uuid.Nil)
+	telemetry.Resends.WithLabelValues(step.Name, string(KindCompensation)).Inc()
 	in.Attempt++
 	return e.advance(w, def, in, KindCompensation, "")
 }

@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/google/uuid"
+	"github.com/prometheus/client_golang/prometheus"
 	sdktrace "go.opentelemetry.io/otel/sdk/trace"
 	"go.opentelemetry.io/otel/sdk/trace/tracetest"
 	"go.opentelemetry.io/otel/trace"
@@ -236,6 +237,9 @@ func TestOneTracePerSaga(t *testing.T) {
 			if attr(last, "saga.outcome") != tc.outcome {
 				t.Errorf("the last span's saga.outcome is %q, want %q", attr(last, "saga.outcome"), tc.outcome)
 			}
+			if !hasExemplar(t, "order", tc.outcome, traceID.String()) {
+				t.Errorf("sagaflow_saga_duration_seconds{outcome=%s} has no exemplar of trace %s", tc.outcome, traceID)
+			}
 		})
 	}
 }
@@ -270,4 +274,35 @@ func TestTraceSurvivesRelayRestart(t *testing.T) {
 	if len(chain) != 14 || chain[0].Name != "POST /orders" {
 		t.Fatalf("the saga's spans after the relay started: %s", strings.Join(describe(chain), " → "))
 	}
+}
+
+// hasExemplar reports whether a bucket of the saga duration histogram of
+// typ and outcome carries trace traceID as its exemplar.
+func hasExemplar(t *testing.T, typ, outcome, traceID string) bool {
+	t.Helper()
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(telemetry.SagaDuration)
+	mfs, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, mf := range mfs {
+		for _, m := range mf.GetMetric() {
+			labels := map[string]string{}
+			for _, l := range m.GetLabel() {
+				labels[l.GetName()] = l.GetValue()
+			}
+			if labels["type"] != typ || labels["outcome"] != outcome {
+				continue
+			}
+			for _, b := range m.GetHistogram().GetBucket() {
+				for _, l := range b.GetExemplar().GetLabel() {
+					if l.GetName() == "trace_id" && l.GetValue() == traceID {
+						return true
+					}
+				}
+			}
+		}
+	}
+	return false
 }

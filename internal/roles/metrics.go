@@ -12,6 +12,9 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
 	"github.com/sagaflow/sagaflow/outbox"
+	"github.com/sagaflow/sagaflow/overview"
+	"github.com/sagaflow/sagaflow/saga"
+	"github.com/sagaflow/sagaflow/telemetry"
 )
 
 // outboxSchemas are the schemas whose outboxes the relay drains.
@@ -23,6 +26,16 @@ var outboxSchemas = outbox.ServiceSchemas
 func (s *Stack) registry() *prometheus.Registry {
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	if err := telemetry.Register(reg); err != nil {
+		panic(err) // a fresh registry: a name registered twice is a bug here
+	}
+	reg.MustRegister(&stateCollector{s: s, desc: prometheus.NewDesc("sagaflow_sagas",
+		"Sagas in each state, read from the database at scrape time.", []string{"state"}, nil)})
+	if s.cfg.Kafka.Brokers != nil {
+		reg.MustRegister(&lagCollector{s: s, desc: prometheus.NewDesc("sagaflow_consumer_lag_messages",
+			"Messages a consumer group has not read yet (the broker's end offsets minus the group's committed offsets), at scrape time.",
+			[]string{"group", "topic"}, nil)})
+	}
 	reg.MustRegister(&backlogCollector{s: s,
 		rows: prometheus.NewDesc("sagaflow_outbox_backlog_rows", "Outbox rows waiting to be published.", []string{"outbox"}, nil),
 		age:  prometheus.NewDesc("sagaflow_outbox_oldest_age_seconds", "Age of the oldest outbox row waiting to be published.", []string{"outbox"}, nil),
@@ -122,6 +135,49 @@ func (c *backlogCollector) Collect(ch chan<- prometheus.Metric) {
 	}
 }
 
+// stateCollector counts the sagas in each state at scrape time (one
+// grouped count on the (state, id) index).
+type stateCollector struct {
+	s    *Stack
+	desc *prometheus.Desc
+}
+
+func (c *stateCollector) Describe(ch chan<- *prometheus.Desc) { ch <- c.desc }
+
+func (c *stateCollector) Collect(ch chan<- prometheus.Metric) {
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	defer cancel()
+	counts, err := saga.CountByState(ctx, c.s.cfg.Pool)
+	if err != nil {
+		ch <- prometheus.NewInvalidMetric(c.desc, err)
+		return
+	}
+	for _, st := range overview.States {
+		ch <- prometheus.MustNewConstMetric(c.desc, prometheus.GaugeValue, float64(counts[st]), string(st))
+	}
+}
+
+// lagCollector asks the broker for every Sagaflow consumer group's lag at
+// scrape time (overview.LagTimeout at most).
+type lagCollector struct {
+	s    *Stack
+	desc *prometheus.Desc
+}
+
+func (c *lagCollector) Describe(ch chan<- *prometheus.Desc) { ch <- c.desc }
+
+func (c *lagCollector) Collect(ch chan<- prometheus.Metric) {
+	kafka := c.s.cfg.Kafka
+	lags, err := overview.Lag(context.Background(), &kafka, c.s.cfg.Topics)
+	if err != nil {
+		ch <- prometheus.NewInvalidMetric(c.desc, err)
+		return
+	}
+	for _, l := range lags {
+		ch <- prometheus.MustNewConstMetric(c.desc, prometheus.GaugeValue, float64(l.Lag), l.Group, l.Topic)
+	}
+}
+
 // serveMetrics serves /metrics on addr until ctx ends.
 func (s *Stack) serveMetrics(ctx context.Context, addr string) error {
 	ln, err := net.Listen("tcp", addr)
@@ -129,7 +185,8 @@ func (s *Stack) serveMetrics(ctx context.Context, addr string) error {
 		return err
 	}
 	mux := http.NewServeMux()
-	mux.Handle("GET /metrics", promhttp.HandlerFor(s.registry(), promhttp.HandlerOpts{}))
+	// OpenMetrics carries the histograms' exemplars (trace ids).
+	mux.Handle("GET /metrics", promhttp.HandlerFor(s.registry(), promhttp.HandlerOpts{EnableOpenMetrics: true}))
 	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
 	go func() {
 		<-ctx.Done()
