@@ -403,6 +403,13 @@ func AddConsumer(router *message.Router, c ConsumerConfig) error {
 		c.MaxTransientDeliveries = 10
 	}
 	capped := &transientCap{max: c.MaxTransientDeliveries, seen: map[string]int{}}
+	// The consumer's counters exist from the start, at 0, so that rates
+	// and alerts see them before the first event.
+	telemetry.Duplicates.WithLabelValues(c.Name)
+	telemetry.TransientRetries.WithLabelValues(c.Name)
+	for _, reason := range []string{"permanent", "retries_exhausted", "transient_giveup"} {
+		telemetry.DeadLetters.WithLabelValues(c.Name, reason)
+	}
 	if c.Logger == nil {
 		c.Logger = slog.Default()
 	}

@@ -157,6 +157,13 @@ func (e *Engine) Define(d *Definition) error {
 	if _, ok := e.defs[d.Type]; !ok {
 		e.types = append(e.types, d.Type)
 	}
+	// The steps' counters exist from the start, at 0.
+	for _, st := range d.Steps {
+		for _, k := range []Kind{KindAction, KindCompensation} {
+			telemetry.StepTimeouts.WithLabelValues(st.Name, string(k))
+			telemetry.Resends.WithLabelValues(st.Name, string(k))
+		}
+	}
 	e.defs[d.Type] = d
 	return nil
 }

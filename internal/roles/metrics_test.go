@@ -5,6 +5,8 @@ import (
 	"context"
 	"net"
 	"net/http"
+	"os"
+	"regexp"
 	"strconv"
 	"strings"
 	"testing"
@@ -153,7 +155,31 @@ func TestMetricsMove(t *testing.T) {
 	if v, _ := sample(body, "sagaflow_sagas", `state="completed"`); v != float64(counts[saga.Completed]) || counts[saga.Completed] != 1 {
 		t.Errorf("sagaflow_sagas{state=completed} %v, the database %d (want 1)", v, counts[saga.Completed])
 	}
+
+	// The dashboard and the alerts query only metrics a stack exports.
+	for _, file := range []string{"../../deploy/grafana/sagaflow.json", "../../deploy/prometheus/alerts.yml"} {
+		text, err := os.ReadFile(file)
+		if err != nil {
+			t.Fatal(err)
+		}
+		names := metricName.FindAllString(string(text), -1)
+		if len(names) < 5 {
+			t.Fatalf("%s names only %v", file, names)
+		}
+		for _, name := range names {
+			if strings.HasSuffix(name, "_") {
+				continue // a family in prose: sagaflow_outbox_*
+			}
+			_, found := sample(body, name)
+			if _, histogram := sample(body, name+"_count"); !found && !histogram {
+				t.Errorf("%s queries %s, which the stack does not export", file, name)
+			}
+		}
+	}
 }
+
+// metricName matches a Sagaflow metric's name in a query.
+var metricName = regexp.MustCompile(`\bsagaflow_[a-z0-9_]+\b`)
 
 // grep returns the lines of body that mention name.
 func grep(body, name string) string {
