@@ -104,7 +104,7 @@ func (in *Inbox) Wrap(h Handler) message.NoPublishHandlerFunc {
 		if err != nil {
 			return Permanent(fmt.Errorf("message id %q is not a UUID: %w", msg.UUID, err))
 		}
-		ctx := msg.Context()
+		ctx := telemetry.WithSagaID(msg.Context(), msg.Metadata.Get(HeaderCorrelationID))
 		var span trace.Span
 		if telemetry.Enabled() {
 			ctx, span = in.startProcess(ctx, msg)
