@@ -26,27 +26,36 @@ dev: build
 # into step timeouts. The broker is stopped whatever the tests' outcome, and
 # the tests' status is the exit status. The console's browser tests drive
 # Debian's Chromium (scripts/chromium installs it) and save their screenshots
-# in TEST_OUT/screenshots. Before the broker starts, every fuzz
+# in TEST_OUT/screenshots. The alert rules' tests run Prometheus's promtool
+# (scripts/promtool builds it once), the end-to-end tracing test a real
+# Jaeger (scripts/jaeger/jaeger builds it once and starts it). Before the broker starts, every fuzz
 # target runs FUZZTIME executions (target fuzz); a failure stops make test there.
 test:
 	$(GO) vet ./...
 	$(MAKE) --no-print-directory fuzz
 	@set -e; \
 	chromium=$$(scripts/chromium | tail -n 1); \
-	out=$$($(KAFKA) start --fresh --dir $(KAFKA_DIR)) || { echo "$$out"; exit 1; }; \
+	promtool=$$(scripts/promtool | tail -n 1); \
+	jaeger=$$(scripts/jaeger/jaeger start) || { echo "$$jaeger"; exit 1; }; \
+	jaeger_query=$$(echo "$$jaeger" | sed -n 's/^JAEGER_QUERY=//p'); \
+	jaeger_otlp=$$(echo "$$jaeger" | sed -n 's/^OTEL_EXPORTER_OTLP_ENDPOINT=//p'); \
+	out=$$($(KAFKA) start --fresh --dir $(KAFKA_DIR)) || { echo "$$out"; scripts/jaeger/jaeger stop; exit 1; }; \
 	brokers=$$(echo "$$out" | tail -n 1 | sed 's/^KAFKA_BROKERS=//'); \
 	echo "real Kafka broker at $$brokers"; \
 	status=0; \
 	rm -f $(CHAOS_REPORT); \
 	rm -rf $(TEST_OUT); mkdir -p $(TEST_OUT)/screenshots; \
 	export KAFKA_BROKERS=$$brokers SAGAFLOW_KAFKA_SCRIPT=$(CURDIR)/$(KAFKA) SAGAFLOW_CHAOS_REPORT=$(CHAOS_REPORT) \
-		SAGAFLOW_CHROMIUM=$$chromium SAGAFLOW_REQUIRE_BROWSER=1 SAGAFLOW_SCREENSHOTS=$(TEST_OUT)/screenshots; \
+		SAGAFLOW_CHROMIUM=$$chromium SAGAFLOW_REQUIRE_BROWSER=1 SAGAFLOW_SCREENSHOTS=$(TEST_OUT)/screenshots \
+		SAGAFLOW_PROMTOOL=$$promtool SAGAFLOW_REQUIRE_PROMTOOL=1 \
+		SAGAFLOW_JAEGER_QUERY=$$jaeger_query SAGAFLOW_JAEGER_OTLP=$$jaeger_otlp SAGAFLOW_REQUIRE_JAEGER=1; \
 	{ $(GO) test -race -count=1 -timeout $(TEST_TIMEOUT) $$($(GO) list ./... | grep -v '/chaos$$') 2>&1; \
 	  echo $$? > $(TEST_OUT)/packages.status; } | tee $(TEST_OUT)/packages.log; \
 	{ $(GO) test -race -count=1 -timeout $(TEST_TIMEOUT) ./chaos 2>&1; \
 	  echo $$? > $(TEST_OUT)/chaos.status; } | tee $(TEST_OUT)/chaos.log; \
 	for s in $(TEST_OUT)/*.status; do [ "$$(cat $$s)" = 0 ] || status=$$(cat $$s); done; \
 	$(KAFKA) stop --dir $(KAFKA_DIR) || true; \
+	scripts/jaeger/jaeger stop || true; \
 	if [ -f $(CHAOS_REPORT) ]; then echo "failure scenarios against the real broker:"; cat $(CHAOS_REPORT); fi; \
 	if [ $$status != 0 ]; then echo "what failed (full output in $(TEST_OUT)/):"; scripts/test-failures $(TEST_OUT)/*.log; fi; \
 	exit $$status

@@ -119,6 +119,13 @@ flags:
 	if *apiURL != "" || set["topic-prefix"] {
 		cfg.Topics = c.topics()
 	}
+	// The in-process stack traces when the OTEL_* environment asks for it
+	// (the README's tracing overhead is measured so).
+	stopTracing, err := startTracing(ctx, "sagaflow-bench")
+	if err != nil {
+		return err
+	}
+	defer stopTracing()
 	if sw.on() {
 		return sw.exec(ctx, cfg, *asJSON, *quiet, stdout)
 	}
