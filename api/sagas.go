@@ -66,6 +66,9 @@ type Saga struct {
 	OrderID  *uuid.UUID          `json:"order_id,omitempty"`
 	URL      string              `json:"url"`
 	OrderURL string              `json:"order_url,omitempty"`
+	// TraceID is the saga's OpenTelemetry trace (absent when it was
+	// started with tracing off).
+	TraceID string `json:"trace_id,omitempty"`
 	Steps    []Step              `json:"steps"`
 	History  []saga.HistoryEntry `json:"history"`
 }
@@ -191,6 +194,9 @@ func (s *server) sagaView(ctx context.Context, id uuid.UUID) (*Saga, error) {
 		names := s.stepNames(in.Type, history)
 		v = Saga{Instance: in, StepName: stepName(names, in.Step), URL: sagaURL(in.ID),
 			Steps: stepStatuses(names, history), History: history}
+		if v.TraceID, err = saga.TraceID(ctx, tx, in.ID); err != nil {
+			return err
+		}
 		if in.Type == order.SagaType {
 			oid, err := order.OrderIDOfSaga(ctx, tx, in.ID)
 			switch {

@@ -61,6 +61,9 @@ type Config struct {
 	// (the console of an API whose reads are protected). Signed in or
 	// not, an action needs an operator: the session's or a token's.
 	RequireLogin bool
+	// TraceURL, when set, links a saga's page to its trace: the URL with
+	// {trace_id} replaced (Jaeger: http://HOST:16686/trace/{trace_id}).
+	TraceURL string
 	// SessionTTL is how long a sign-in lasts (default DefaultSessionTTL).
 	SessionTTL time.Duration
 	Logger     *slog.Logger

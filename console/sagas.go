@@ -130,6 +130,9 @@ type sagaData struct {
 	NextHistory string
 	DeadLetters []deadletter.DeadLetter
 	Actions     []string
+	// TraceID is the saga's trace (tracing on); TraceLink its page in the
+	// trace backend (Config.TraceURL).
+	TraceID, TraceLink string
 }
 
 // actionsFor lists the actions a saga in state st allows.
@@ -180,6 +183,12 @@ func (s *server) saga(_ http.ResponseWriter, r *http.Request) (string, view, err
 		}
 	} else if !errors.Is(err, order.ErrNotFound) {
 		return "", view{}, err
+	}
+	if d.TraceID, err = saga.TraceID(ctx, s.cfg.Pool, id); err != nil {
+		return "", view{}, err
+	}
+	if d.TraceID != "" && s.cfg.TraceURL != "" {
+		d.TraceLink = strings.ReplaceAll(s.cfg.TraceURL, "{trace_id}", d.TraceID)
 	}
 	if s.cfg.DeadLetters != nil {
 		if d.DeadLetters, err = s.cfg.DeadLetters.List(ctx, deadletter.Filter{SagaID: id}, 50); err != nil {

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strings"
 	"time"
 
 	"github.com/google/uuid"
@@ -38,6 +39,26 @@ func Get(ctx context.Context, q Querier, id uuid.UUID) (*Instance, error) {
 		return nil, fmt.Errorf("read saga %s: %w", id, err)
 	}
 	return in, nil
+}
+
+// TraceID returns the trace id of saga id's trace ("" when it was started
+// with tracing off).
+func TraceID(ctx context.Context, q Querier, id uuid.UUID) (string, error) {
+	var tp *string
+	if err := q.QueryRow(ctx, sqlTraceParent, id).Scan(&tp); err != nil {
+		if errors.Is(err, pgx.ErrNoRows) {
+			return "", fmt.Errorf("saga %s: %w", id, ErrNotFound)
+		}
+		return "", fmt.Errorf("read trace of saga %s: %w", id, err)
+	}
+	if tp == nil {
+		return "", nil
+	}
+	// traceparent: version-traceid-spanid-flags
+	if parts := strings.Split(*tp, "-"); len(parts) == 4 {
+		return parts[1], nil
+	}
+	return "", nil
 }
 
 // History returns saga id's history, oldest first.

@@ -49,6 +49,8 @@ ORDER BY step_deadline
 LIMIT $2
 FOR UPDATE SKIP LOCKED`
 
+	sqlTraceParent = `SELECT trace_parent FROM saga.instances WHERE id = $1`
+
 	sqlGetInstance = `SELECT id, type, state, step, attempt, completed, data, COALESCE(reason, ''), step_deadline, deadline, version,
 	created_at, updated_at, ended_at
 FROM saga.instances WHERE id = $1`

@@ -68,6 +68,9 @@ func (m Message) attributes() []attribute.KeyValue {
 // wrote it), and writes the span's own context into headers in its place,
 // so that the consumer's span is the producer's child.
 func StartSend(headers map[string]string, m Message) trace.Span {
+	if !Enabled() {
+		return noopSpan
+	}
 	ctx := Extract(context.Background(), headers)
 	ctx, span := Tracer().Start(ctx, "send "+m.Topic, trace.WithSpanKind(trace.SpanKindProducer),
 		trace.WithAttributes(append(m.attributes(), attribute.String("messaging.operation.type", "send"))...))
@@ -78,8 +81,14 @@ func StartSend(headers map[string]string, m Message) trace.Span {
 	return span
 }
 
+// noopSpan is what the Start functions return while tracing is off.
+var noopSpan = trace.SpanFromContext(context.Background())
+
 // Sent ends a producer span: where the message went, or why it failed.
 func Sent(span trace.Span, partition int32, offset int64, err error) {
+	if !span.IsRecording() {
+		return
+	}
 	if err != nil {
 		span.RecordError(err)
 		span.SetStatus(codes.Error, err.Error())
@@ -94,6 +103,9 @@ func Sent(span trace.Span, partition int32, offset int64, err error) {
 // as the child of the producer's context its headers carry, linked to
 // the consumer's own context ctx (when that has a span).
 func StartProcess(ctx context.Context, headers map[string]string, m Message) (context.Context, trace.Span) {
+	if !Enabled() {
+		return ctx, noopSpan
+	}
 	parent := Extract(context.Background(), headers)
 	opts := []trace.SpanStartOption{trace.WithSpanKind(trace.SpanKindConsumer),
 		trace.WithAttributes(append(m.attributes(), attribute.String("messaging.operation.type", "process"))...)}
@@ -111,6 +123,9 @@ func StartProcess(ctx context.Context, headers map[string]string, m Message) (co
 // error that failed the message (errorType names its class, as
 // error.type: "permanent" for one dead-lettered at once).
 func Processed(span trace.Span, duplicate bool, err error, errorType string) {
+	if !span.IsRecording() {
+		return
+	}
 	if duplicate {
 		span.SetAttributes(AttrDuplicate.Bool(true))
 	}
@@ -126,6 +141,9 @@ func Processed(span trace.Span, duplicate bool, err error, errorType string) {
 // route pattern ("POST /orders": no ids), the child of the caller's trace
 // context when the request carries one.
 func StartServer(ctx context.Context, header http.Header, pattern, method, path string) (context.Context, trace.Span) {
+	if !Enabled() {
+		return ctx, noopSpan
+	}
 	ctx = propagator.Extract(ctx, propagation.HeaderCarrier(header))
 	name := pattern
 	if name == "" {
@@ -137,6 +155,9 @@ func StartServer(ctx context.Context, header http.Header, pattern, method, path 
 
 // Served ends a server span with the response's status (5xx is an error).
 func Served(span trace.Span, status int) {
+	if !span.IsRecording() {
+		return
+	}
 	span.SetAttributes(attribute.Int("http.response.status_code", status))
 	if status >= 500 {
 		span.SetStatus(codes.Error, http.StatusText(status))

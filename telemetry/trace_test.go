@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"io"
 	"net"
 	"net/http"
 	"slices"
@@ -66,7 +67,7 @@ func (e *env) start(rs ...string) string {
 	t := e.t
 	t.Helper()
 	cfg := roles.Config{Pool: e.db.Pool, Kafka: testenv.Kafka(t), Topics: e.topics, Roles: rs,
-		AllowInjection: true, SweepInterval: 50 * time.Millisecond,
+		AllowInjection: true, SweepInterval: 50 * time.Millisecond, TraceURL: "http://jaeger.test/trace/{trace_id}",
 		Crash: func(point string) { t.Errorf("unexpected injected crash at %s", point) }}
 	cfg.Saga.StepTimeout = 30 * time.Second
 	if slices.Contains(rs, roles.API) {
@@ -237,6 +238,16 @@ func TestOneTracePerSaga(t *testing.T) {
 			if attr(last, "saga.outcome") != tc.outcome {
 				t.Errorf("the last span's saga.outcome is %q, want %q", attr(last, "saga.outcome"), tc.outcome)
 			}
+			// The API and the console name the saga's trace.
+			var view struct {
+				TraceID string `json:"trace_id"`
+			}
+			if err := getJSON(e.base+"/sagas/"+id.String(), &view); err != nil || view.TraceID != traceID.String() {
+				t.Errorf("GET /sagas/%s: trace_id %q (%v), want %s", id, view.TraceID, err, traceID)
+			}
+			if page := get(t, e.base+"/ui/sagas/"+id.String()); !strings.Contains(page, `href="http://jaeger.test/trace/`+traceID.String()+`"`) {
+				t.Errorf("the console's saga page does not link trace %s", traceID)
+			}
 			if !hasExemplar(t, "order", tc.outcome, traceID.String()) {
 				t.Errorf("sagaflow_saga_duration_seconds{outcome=%s} has no exemplar of trace %s", tc.outcome, traceID)
 			}
@@ -305,4 +316,30 @@ func hasExemplar(t *testing.T, typ, outcome, traceID string) bool {
 		}
 	}
 	return false
+}
+
+func getJSON(url string, v any) error {
+	resp, err := http.Get(url)
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return fmt.Errorf("GET %s: %s", url, resp.Status)
+	}
+	return json.NewDecoder(resp.Body).Decode(v)
+}
+
+func get(t *testing.T, url string) string {
+	t.Helper()
+	resp, err := http.Get(url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	var b strings.Builder
+	if _, err := io.Copy(&b, resp.Body); err != nil {
+		t.Fatal(err)
+	}
+	return b.String()
 }

@@ -72,12 +72,19 @@ func runStatus(ctx context.Context, args []string, stdout io.Writer) error {
 	if oid, err := order.OrderIDOfSaga(ctx, pool, in.ID); err == nil {
 		ord, _ = order.Get(ctx, pool, oid)
 	}
+	traceID, err := saga.TraceID(ctx, pool, in.ID)
+	if err != nil {
+		return err
+	}
 	if *asJSON {
 		enc := json.NewEncoder(stdout)
 		enc.SetIndent("", "  ")
-		return enc.Encode(map[string]any{"saga": in, "history": hist, "order": ord})
+		return enc.Encode(map[string]any{"saga": in, "history": hist, "order": ord, "trace_id": traceID})
 	}
 	fmt.Fprintf(stdout, "saga     %s (%s)\nstate    %s\n", in.ID, in.Type, in.State)
+	if traceID != "" {
+		fmt.Fprintf(stdout, "trace    %s\n", traceID)
+	}
 	if in.Reason != "" {
 		fmt.Fprintf(stdout, "reason   %s\n", in.Reason)
 	}

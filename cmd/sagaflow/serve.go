@@ -242,6 +242,7 @@ func runServe(ctx context.Context, args []string, stdout io.Writer) error {
 		"and the name is recorded as who acted; $"+api.EnvOperatorTokens+" may hold more (name:token, comma separated). None: operator actions are refused")
 	protectReads := fs.Bool("protect-reads", false, "the API's reads (GET /orders/{id}, GET /sagas…) need an operator token too (POST /orders, /healthz, /readyz stay open), and the console asks operators to sign in with their token")
 	readOnly := fs.Bool("console-read-only", false, "the console at /ui/ shows no action and the API refuses every operator action")
+	traceURL := fs.String("trace-url", env("SAGAFLOW_TRACE_URL", ""), "link each saga's console page to its trace: a URL with {trace_id} (Jaeger: http://HOST:16686/trace/{trace_id})")
 	metricsAddr := fs.String("metrics", env("SAGAFLOW_METRICS", ""), "serve Prometheus metrics at http://ADDR/metrics (e.g. 127.0.0.1:9090); off when empty")
 	strictTopics := fs.Bool("strict-topics", false, "refuse to start when an existing topic has fewer partitions, another replication factor or another min.insync.replicas than configured (default: warn)")
 	inboxRetention := fs.Duration("inbox-retention", outbox.DefaultInboxRetention, "how long inboxes remember applied message ids; must exceed each consumed topic's retention.ms + segment.ms (checked at start)")
@@ -309,7 +310,7 @@ func runServe(ctx context.Context, args []string, stdout io.Writer) error {
 		Pool: pool, Kafka: kcfg, Topics: c.topics(), Roles: roleNames, HTTPAddr: *httpAddr,
 		Saga: sf.config(), DeliveryStallAfter: sf.stallAfter, AllowInjection: *allowInjection, Inject: injected, DuplicateRelay: *duplicate,
 		OutboxMode: mode, Crash: crash, MetricsAddr: *metricsAddr,
-		APIPool: apiPool, OperatorTokens: tokens, ProtectReads: *protectReads, ReadOnly: *readOnly, MaxInFlight: af.maxInFlight, MaxSagasInFlight: af.maxSagasInFlight, InboxRetention: *inboxRetention, DeadLetterRetention: *deadRetention,
+		APIPool: apiPool, OperatorTokens: tokens, ProtectReads: *protectReads, ReadOnly: *readOnly, TraceURL: *traceURL, MaxInFlight: af.maxInFlight, MaxSagasInFlight: af.maxSagasInFlight, InboxRetention: *inboxRetention, DeadLetterRetention: *deadRetention,
 	})
 	if err != nil {
 		return err

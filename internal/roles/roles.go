@@ -106,6 +106,9 @@ type Config struct {
 	// ReadOnly makes the console show no action and the API refuse every
 	// operator action.
 	ReadOnly bool
+	// TraceURL links the console's saga pages to their traces (a URL with
+	// {trace_id}).
+	TraceURL string
 	// MaxInFlight, RequestTimeout and AcquireTimeout bound the API's work
 	// (api.Config's; zero takes its defaults). The HTTP server's read and
 	// write timeouts follow RequestTimeout.
@@ -333,7 +336,7 @@ func (s *Stack) Run(ctx context.Context) error {
 		// With protected reads the console asks operators to sign in.
 		ui, err := console.New(console.Config{Base: ConsolePath, Pool: pool, Engine: s.Engine, DeadLetters: deadLetters,
 			Replayer: replayer, Kafka: &kafka, Topics: cfg.Topics, Operators: cfg.OperatorTokens, ReadOnly: cfg.ReadOnly,
-			RequireLogin: cfg.ProtectReads, Logger: log})
+			RequireLogin: cfg.ProtectReads, TraceURL: cfg.TraceURL, Logger: log})
 		if err != nil {
 			return err
 		}
