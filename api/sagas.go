@@ -63,14 +63,14 @@ type Saga struct {
 	// StepName names the step at index Step.
 	StepName string `json:"step_name,omitempty"`
 	// OrderID is the order whose saga this is (order sagas).
-	OrderID  *uuid.UUID          `json:"order_id,omitempty"`
-	URL      string              `json:"url"`
-	OrderURL string              `json:"order_url,omitempty"`
+	OrderID  *uuid.UUID `json:"order_id,omitempty"`
+	URL      string     `json:"url"`
+	OrderURL string     `json:"order_url,omitempty"`
 	// TraceID is the saga's OpenTelemetry trace (absent when it was
 	// started with tracing off).
-	TraceID string `json:"trace_id,omitempty"`
-	Steps    []Step              `json:"steps"`
-	History  []saga.HistoryEntry `json:"history"`
+	TraceID string              `json:"trace_id,omitempty"`
+	Steps   []Step              `json:"steps"`
+	History []saga.HistoryEntry `json:"history"`
 }
 
 // SagaSummary is one saga in a list: the instance without its history.
