@@ -8,6 +8,7 @@ import (
 	"github.com/ThreeDotsLabs/watermill/message"
 
 	"github.com/sagaflow/sagaflow/kafkax"
+	"github.com/sagaflow/sagaflow/telemetry"
 )
 
 // Headers a dead letter carries besides the original message's own and
@@ -40,7 +41,11 @@ func countAttempts(h message.HandlerFunc) message.HandlerFunc {
 // dead-letter middleware publishes as headers) its origin partition, offset
 // and key, the consumer group and the time, so that the dead letter keeps
 // them.
-func stampOrigin(group string) message.HandlerMiddleware {
+//
+// With tracing on it records the dead-lettering as a producer span to the
+// dead-letter topic, the child of the message's last consumer span, whose
+// context the dead letter carries: a replay continues the saga's trace.
+func stampOrigin(group, dlqTopic string) message.HandlerMiddleware {
 	return func(h message.HandlerFunc) message.HandlerFunc {
 		return func(msg *message.Message) ([]*message.Message, error) {
 			out, err := h(msg)
@@ -63,6 +68,11 @@ func stampOrigin(group string) message.HandlerMiddleware {
 			}
 			msg.Metadata.Set(HeaderDeadGroup, group)
 			msg.Metadata.Set(HeaderDeadAt, time.Now().UTC().Format(time.RFC3339Nano))
+			if telemetry.Enabled() {
+				telemetry.DeadLettered(msg.Context(), msg.Metadata, telemetry.Message{Topic: dlqTopic, Key: msg.Metadata.Get(kafkax.KeyMetadata),
+					ID: msg.UUID, SagaID: msg.Metadata.Get(HeaderCorrelationID), Group: group, Partition: -1, Offset: -1},
+					err, deadLetterReason(err))
+			}
 			return out, err
 		}
 	}

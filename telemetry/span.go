@@ -165,3 +165,24 @@ func Served(span trace.Span, status int) {
 	}
 	span.End()
 }
+
+// DeadLettered records that a message is sent to its dead-letter topic
+// (m.Topic): a producer span, the child of the message's last consumer
+// span (in ctx), with error.type the reason class. The span's context
+// goes into headers, which the dead letter carries.
+func DeadLettered(ctx context.Context, headers map[string]string, m Message, err error, reason string) {
+	if !Enabled() {
+		return
+	}
+	_, span := Tracer().Start(ctx, "send "+m.Topic, trace.WithSpanKind(trace.SpanKindProducer),
+		trace.WithAttributes(append(m.attributes(), attribute.String("messaging.operation.type", "send"),
+			attribute.Bool("messaging.sagaflow.dead_letter", true))...))
+	for _, f := range Fields() {
+		delete(headers, f)
+	}
+	propagator.Inject(trace.ContextWithSpan(context.Background(), span), propagation.MapCarrier(headers))
+	span.RecordError(err)
+	span.SetStatus(codes.Error, err.Error())
+	span.SetAttributes(attribute.String("error.type", reason))
+	span.End()
+}

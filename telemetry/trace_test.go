@@ -343,3 +343,33 @@ func get(t *testing.T, url string) string {
 	}
 	return b.String()
 }
+
+// A message dead-lettered after its retries is a producer span to the
+// dead-letter topic in the saga's trace, with error.type its reason class.
+func TestDeadLetterSpan(t *testing.T) {
+	e := setup(t)
+	id := e.place(map[string]string{"payment": "error"})
+	dlq := outbox.DeadLetterTopicOf(e.topics.Group("payment"))
+	deadline := time.Now().Add(time.Minute)
+	for {
+		for _, s := range e.spans.GetSpans() {
+			if s.Name != "send "+dlq {
+				continue
+			}
+			traceID, err := saga.TraceID(context.Background(), e.db.Pool, id)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if s.SpanKind != trace.SpanKindProducer || attr(s, "error.type") != "retries_exhausted" || s.SpanContext.TraceID().String() != traceID ||
+				attr(s, "messaging.message.conversation_id") != id.String() {
+				t.Fatalf("dead-letter span %s: kind %s, error.type %q, trace %s (the saga's %s), attributes %v",
+					s.Name, s.SpanKind, attr(s, "error.type"), s.SpanContext.TraceID(), traceID, s.Attributes)
+			}
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("no span sent saga %s's failing charge to %s", id, dlq)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
