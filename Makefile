@@ -32,6 +32,7 @@ dev: build
 # target runs FUZZTIME executions (target fuzz); a failure stops make test there.
 test:
 	$(GO) vet ./...
+	$(GO) run ./cmd/sagaflow schemas check
 	$(MAKE) --no-print-directory fuzz
 	@set -e; \
 	chromium=$$(scripts/chromium | tail -n 1); \

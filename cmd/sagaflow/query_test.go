@@ -113,3 +113,28 @@ func TestSagasFiltersAndOverview(t *testing.T) {
 		}
 	}
 }
+
+// `sagaflow schemas` lists, shows and checks the wire contract.
+func TestSchemasCommand(t *testing.T) {
+	t.Parallel()
+	var out bytes.Buffer
+	for _, c := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"list"}, "order-command  1"},
+		{[]string{"show", "saga-reply"}, `"outcome"`},
+		{[]string{"show", "order-event", "v1"}, `"OrderCancelled"`},
+		{[]string{"check"}, "each compatible with every earlier version"},
+	} {
+		out.Reset()
+		if err := runSchemas(context.Background(), c.args, &out); err != nil || !strings.Contains(out.String(), c.want) {
+			t.Errorf("schemas %v: %v\n%s", c.args, err, out.String())
+		}
+	}
+	for _, bad := range [][]string{{"show"}, {"show", "nope"}, {"show", "saga-reply", "9"}, {"explode"}} {
+		if err := runSchemas(context.Background(), bad, &out); err == nil {
+			t.Errorf("schemas %v succeeded", bad)
+		}
+	}
+}
