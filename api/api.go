@@ -260,6 +260,7 @@ func routeTable() []route {
 		{http.MethodGet, "/healthz", public, exempt, (*server).healthz},
 		{http.MethodGet, "/readyz", public, exempt, (*server).readyz},
 		{http.MethodGet, "/openapi.json", public, shed, (*server).openapi},
+		{http.MethodGet, "/asyncapi.json", public, shed, (*server).asyncapi},
 	}
 }
 

@@ -4,6 +4,8 @@ import (
 	"net/http"
 	"time"
 
+	"github.com/sagaflow/sagaflow/contract"
+	"github.com/sagaflow/sagaflow/kafkax"
 	"github.com/sagaflow/sagaflow/overview"
 )
 
@@ -17,4 +19,20 @@ func (s *server) getOverview(w http.ResponseWriter, r *http.Request) error {
 	}
 	writeJSON(w, http.StatusOK, o)
 	return nil
+}
+
+// asyncapi is GET /asyncapi.json: the wire contract (contract.AsyncAPI) on
+// this deployment's topic and group names.
+func (s *server) asyncapi(w http.ResponseWriter, _ *http.Request) error {
+	topics := s.cfg.Topics
+	if topics.SagaReplies == "" {
+		topics = kafkax.DefaultTopics()
+	}
+	doc, err := contract.AsyncAPI(topics)
+	if err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/json")
+	_, err = w.Write(doc)
+	return err
 }

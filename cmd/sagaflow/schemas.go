@@ -10,6 +10,7 @@ import (
 	"text/tabwriter"
 
 	"github.com/sagaflow/sagaflow/contract"
+	"github.com/sagaflow/sagaflow/kafkax"
 )
 
 // runSchemas lists the wire contract's JSON Schemas, prints one, or checks
@@ -53,6 +54,13 @@ func runSchemas(_ context.Context, args []string, stdout io.Writer) error {
 		}
 		_, err = stdout.Write(src)
 		return err
+	case "asyncapi":
+		doc, err := contract.AsyncAPI(kafkax.DefaultTopics())
+		if err != nil {
+			return err
+		}
+		_, err = stdout.Write(doc)
+		return err
 	case "check":
 		bad, err := contract.Check()
 		if err != nil {
@@ -71,5 +79,5 @@ func runSchemas(_ context.Context, args []string, stdout io.Writer) error {
 		}
 		return exitError{code: 1, err: fmt.Errorf("%d incompatible change(s)", len(bad))}
 	}
-	return fmt.Errorf("unknown action %q: schemas list|show NAME [V]|check", action)
+	return fmt.Errorf("unknown action %q: schemas list|show NAME [V]|check|asyncapi", action)
 }
