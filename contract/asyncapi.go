@@ -39,7 +39,9 @@ func AsyncAPI(topics kafkax.Topics) ([]byte, error) {
 			}
 			delete(s, "$schema")
 			delete(s, "$id")
-			schemas[fmt.Sprintf("%s-v%d", name, v)] = s
+			id := fmt.Sprintf("%s-v%d", name, v)
+			rebase(s, "#/components/schemas/"+id+"/")
+			schemas[id] = s
 		}
 	}
 	schemas["headers"] = map[string]any{
@@ -142,3 +144,22 @@ func AsyncAPI(topics kafkax.Topics) ([]byte, error) {
 }
 
 func title(s string) string { return strings.ToUpper(s[:1]) + s[1:] }
+
+// rebase rewrites the local $refs of a schema embedded in the document
+// ("#/definitions/order") to point into it from the document's root.
+func rebase(node any, prefix string) {
+	switch x := node.(type) {
+	case map[string]any:
+		for k, v := range x {
+			if ref, ok := v.(string); ok && k == "$ref" && strings.HasPrefix(ref, "#/") {
+				x[k] = prefix + strings.TrimPrefix(ref, "#/")
+				continue
+			}
+			rebase(v, prefix)
+		}
+	case []any:
+		for _, v := range x {
+			rebase(v, prefix)
+		}
+	}
+}
