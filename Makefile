@@ -28,7 +28,8 @@ dev: build
 # Debian's Chromium (scripts/chromium installs it) and save their screenshots
 # in TEST_OUT/screenshots. The alert rules' tests run Prometheus's promtool
 # (scripts/promtool builds it once), the end-to-end tracing test a real
-# Jaeger (scripts/jaeger/jaeger builds it once and starts it). Before the broker starts, every fuzz
+# Jaeger (scripts/jaeger/jaeger builds it once and starts it), the
+# schema registry's tests Apicurio Registry (scripts/registry/registry). Before the broker starts, every fuzz
 # target runs FUZZTIME executions (target fuzz); a failure stops make test there.
 test:
 	$(GO) vet ./...
@@ -40,7 +41,9 @@ test:
 	jaeger=$$(scripts/jaeger/jaeger start) || { echo "$$jaeger"; exit 1; }; \
 	jaeger_query=$$(echo "$$jaeger" | sed -n 's/^JAEGER_QUERY=//p'); \
 	jaeger_otlp=$$(echo "$$jaeger" | sed -n 's/^OTEL_EXPORTER_OTLP_ENDPOINT=//p'); \
-	out=$$($(KAFKA) start --fresh --dir $(KAFKA_DIR)) || { echo "$$out"; scripts/jaeger/jaeger stop; exit 1; }; \
+	reg=$$(scripts/registry/registry start) || { echo "$$reg"; scripts/jaeger/jaeger stop; exit 1; }; \
+	registry=$$(echo "$$reg" | sed -n 's/^SCHEMA_REGISTRY=//p'); \
+	out=$$($(KAFKA) start --fresh --dir $(KAFKA_DIR)) || { echo "$$out"; scripts/jaeger/jaeger stop; scripts/registry/registry stop; exit 1; }; \
 	brokers=$$(echo "$$out" | tail -n 1 | sed 's/^KAFKA_BROKERS=//'); \
 	echo "real Kafka broker at $$brokers"; \
 	status=0; \
@@ -49,7 +52,8 @@ test:
 	export KAFKA_BROKERS=$$brokers SAGAFLOW_KAFKA_SCRIPT=$(CURDIR)/$(KAFKA) SAGAFLOW_CHAOS_REPORT=$(CHAOS_REPORT) \
 		SAGAFLOW_CHROMIUM=$$chromium SAGAFLOW_REQUIRE_BROWSER=1 SAGAFLOW_SCREENSHOTS=$(TEST_OUT)/screenshots \
 		SAGAFLOW_PROMTOOL=$$promtool SAGAFLOW_REQUIRE_PROMTOOL=1 \
-		SAGAFLOW_JAEGER_QUERY=$$jaeger_query SAGAFLOW_JAEGER_OTLP=$$jaeger_otlp SAGAFLOW_REQUIRE_JAEGER=1; \
+		SAGAFLOW_JAEGER_QUERY=$$jaeger_query SAGAFLOW_JAEGER_OTLP=$$jaeger_otlp SAGAFLOW_REQUIRE_JAEGER=1 \
+		SAGAFLOW_SCHEMA_REGISTRY=$$registry SAGAFLOW_REQUIRE_REGISTRY=1; \
 	{ $(GO) test -race -count=1 -timeout $(TEST_TIMEOUT) $$($(GO) list ./... | grep -v '/chaos$$') 2>&1; \
 	  echo $$? > $(TEST_OUT)/packages.status; } | tee $(TEST_OUT)/packages.log; \
 	{ $(GO) test -race -count=1 -timeout $(TEST_TIMEOUT) ./chaos 2>&1; \
@@ -57,6 +61,7 @@ test:
 	for s in $(TEST_OUT)/*.status; do [ "$$(cat $$s)" = 0 ] || status=$$(cat $$s); done; \
 	$(KAFKA) stop --dir $(KAFKA_DIR) || true; \
 	scripts/jaeger/jaeger stop || true; \
+	scripts/registry/registry stop || true; \
 	if [ -f $(CHAOS_REPORT) ]; then echo "failure scenarios against the real broker:"; cat $(CHAOS_REPORT); fi; \
 	if [ $$status != 0 ]; then echo "what failed (full output in $(TEST_OUT)/):"; scripts/test-failures $(TEST_OUT)/*.log; fi; \
 	exit $$status

@@ -18,6 +18,7 @@ import (
 
 	"github.com/santhosh-tekuri/jsonschema/v6"
 
+	"github.com/sagaflow/sagaflow/kafkax"
 	"github.com/sagaflow/sagaflow/schemas"
 )
 
@@ -35,6 +36,20 @@ var typeSchema = map[string]string{
 	"shipping.ship": OrderCommand, "shipping.cancel": OrderCommand,
 	"saga.reply":  SagaReply,
 	"OrderPlaced": OrderEvent, "OrderConfirmed": OrderEvent, "OrderCancelled": OrderEvent,
+}
+
+// TopicSchema is the schema of every message on a topic.
+type TopicSchema struct {
+	Topic, Schema string
+}
+
+// TopicSchemas lists each topic of topics that carries messages with a
+// schema, and that schema (one per topic: a topic's subject has one).
+func TopicSchemas(topics kafkax.Topics) []TopicSchema {
+	return []TopicSchema{
+		{topics.InventoryCommands, OrderCommand}, {topics.PaymentCommands, OrderCommand}, {topics.ShippingCommands, OrderCommand},
+		{topics.SagaReplies, SagaReply}, {topics.OrderEvents, OrderEvent},
+	}
 }
 
 // SchemaOf names the schema of message type typ ("" when it has none).

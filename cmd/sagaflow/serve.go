@@ -21,6 +21,7 @@ import (
 	"github.com/sagaflow/sagaflow/kafkax"
 	"github.com/sagaflow/sagaflow/order"
 	"github.com/sagaflow/sagaflow/outbox"
+	"github.com/sagaflow/sagaflow/registry"
 	"github.com/sagaflow/sagaflow/steps"
 	"github.com/sagaflow/sagaflow/telemetry"
 )
@@ -242,6 +243,8 @@ func runServe(ctx context.Context, args []string, stdout io.Writer) error {
 		"and the name is recorded as who acted; $"+api.EnvOperatorTokens+" may hold more (name:token, comma separated). None: operator actions are refused")
 	protectReads := fs.Bool("protect-reads", false, "the API's reads (GET /orders/{id}, GET /sagas…) need an operator token too (POST /orders, /healthz, /readyz stay open), and the console asks operators to sign in with their token")
 	readOnly := fs.Bool("console-read-only", false, "the console at /ui/ shows no action and the API refuses every operator action")
+	schemaRegistry := fs.String("schema-registry", env("SAGAFLOW_SCHEMA_REGISTRY", ""), "Confluent-compatible schema registry API (e.g. http://127.0.0.1:18081/apis/ccompat/v7): register the wire contract's schemas under each topic's subject at start, and refuse to start if the registry refuses them")
+	schemaCompat := fs.String("schema-compatibility", registry.DefaultCompatibility, "compatibility level set on each subject ("+strings.Join(registry.Compatibilities, ", ")+")")
 	traceURL := fs.String("trace-url", env("SAGAFLOW_TRACE_URL", ""), "link each saga's console page to its trace: a URL with {trace_id} (Jaeger: http://HOST:16686/trace/{trace_id})")
 	metricsAddr := fs.String("metrics", env("SAGAFLOW_METRICS", ""), "serve Prometheus metrics at http://ADDR/metrics (e.g. 127.0.0.1:9090); off when empty")
 	strictTopics := fs.Bool("strict-topics", false, "refuse to start when an existing topic has fewer partitions, another replication factor or another min.insync.replicas than configured (default: warn)")
@@ -301,6 +304,11 @@ func runServe(ctx context.Context, args []string, stdout io.Writer) error {
 	if err := kcfg.Ping(ctx); err != nil {
 		return err
 	}
+	if *schemaRegistry != "" {
+		if err := registerContract(ctx, *schemaRegistry, c.topics(), *schemaCompat, stdout); err != nil {
+			return err
+		}
+	}
 	stopTracing, err := startTracing(ctx, "sagaflow-"+strings.ReplaceAll(*role, ",", "-"))
 	if err != nil {
 		return err
@@ -353,4 +361,26 @@ func startTracing(ctx context.Context, service string) (stop func(), err error) 
 			slog.Warn("flush traces", "err", err)
 		}
 	}, nil
+}
+
+// registerContract registers the wire contract's schemas in the registry
+// at url, within 30 s; a refusal stops the process from starting.
+func registerContract(ctx context.Context, url string, topics kafkax.Topics, compat string, stdout io.Writer) error {
+	if !slices.Contains(registry.Compatibilities, compat) {
+		return fmt.Errorf("--schema-compatibility %q is not one of %s", compat, strings.Join(registry.Compatibilities, ", "))
+	}
+	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	regs, err := registry.RegisterContract(ctx, registry.New(url), topics, compat)
+	var ie *registry.IncompatibleError
+	if errors.As(err, &ie) {
+		return fmt.Errorf("refusing to start: %w", err)
+	}
+	if err != nil {
+		return fmt.Errorf("register the wire contract in the schema registry: %w", err)
+	}
+	for _, r := range regs {
+		fmt.Fprintf(stdout, "schema %s v%d registered under %s (id %d, %s)\n", r.Schema, r.Version, r.Subject, r.ID, compat)
+	}
+	return nil
 }

@@ -1,0 +1,60 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"os"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/google/uuid"
+
+	"github.com/sagaflow/sagaflow/internal/testenv"
+	"github.com/sagaflow/sagaflow/kafkax"
+	"github.com/sagaflow/sagaflow/registry"
+)
+
+// serve registers the wire contract at start, and refuses to start when
+// the registry refuses it: here the replies subject already holds a schema
+// whose readers need a field ours does not write.
+func TestServeRefusesWhatTheRegistryRefuses(t *testing.T) {
+	url := os.Getenv("SAGAFLOW_SCHEMA_REGISTRY")
+	if url == "" {
+		if os.Getenv("SAGAFLOW_REQUIRE_REGISTRY") != "" {
+			t.Fatal("no schema registry: run scripts/registry/registry start (make test does)")
+		}
+		t.Skip("no schema registry here; make test runs this test")
+	}
+	db := testenv.DB(t)
+	kafka := testenv.Kafka(t)
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	prefix := "srv-" + uuid.NewString()[:8] + "."
+	topics := kafkax.PrefixedTopics(prefix)
+	c := registry.New(url)
+	subject := registry.Subject(topics.SagaReplies)
+	if err := c.SetCompatibility(ctx, subject, registry.DefaultCompatibility); err != nil {
+		t.Fatal(err)
+	}
+	older := `{"$schema": "http://json-schema.org/draft-07/schema#", "type": "object", "additionalProperties": false,
+		"required": ["saga_id", "ticket"], "properties": {"saga_id": {"type": "string"}, "ticket": {"type": "string"}}}`
+	if _, err := c.Register(ctx, subject, []byte(older)); err != nil {
+		t.Fatal(err)
+	}
+	var out bytes.Buffer
+	err := runServe(ctx, []string{"--role", "orchestrator", "--database-url", db.URL, "--kafka-brokers", strings.Join(kafka.Brokers, ","),
+		"--topic-prefix", prefix, "--schema-registry", url}, &out)
+	if err == nil || !strings.Contains(err.Error(), "refusing to start") || !strings.Contains(err.Error(), subject) {
+		t.Fatalf("serve with an incompatible subject: %v\n%s", err, out.String())
+	}
+	t.Logf("serve refused: %v", err)
+	// The subjects before it were registered; the refused one kept its
+	// own schema only.
+	if vs, err := c.Versions(ctx, subject); err != nil || len(vs) != 1 {
+		t.Errorf("subject %s: versions %v, %v", subject, vs, err)
+	}
+	if vs, err := c.Versions(ctx, registry.Subject(topics.InventoryCommands)); err != nil || len(vs) != 1 {
+		t.Errorf("the inventory commands' subject: versions %v, %v", vs, err)
+	}
+}
