@@ -14,6 +14,7 @@ import (
 
 	"github.com/sagaflow/sagaflow/kafkax"
 	"github.com/sagaflow/sagaflow/order"
+	"github.com/sagaflow/sagaflow/outbox"
 )
 
 // watcher reads the order events topic from every partition, starting at
@@ -76,7 +77,7 @@ func startWatcher(ctx context.Context, kcfg kafkax.Config, topic string, on func
 			for m := range pc.Messages() {
 				at := time.Now()
 				var ev order.Event
-				if err := json.Unmarshal(m.Value, &ev); err != nil {
+				if err := json.Unmarshal(unframed(m.Value), &ev); err != nil {
 					w.fail(fmt.Errorf("decode event at %s/%d@%d: %w", m.Topic, m.Partition, m.Offset, err))
 					continue
 				}
@@ -109,4 +110,11 @@ func (w *watcher) close() {
 		_ = w.consumer.Close()
 	}
 	_ = w.client.Close()
+}
+
+// unframed is an event's JSON, whether it came in the Confluent wire
+// format (a deployment with a schema registry) or as plain JSON.
+func unframed(v []byte) []byte {
+	body, _, _ := outbox.Unframe(v)
+	return body
 }

@@ -453,6 +453,6 @@ func AddConsumer(router *message.Router, c ConsumerConfig) error {
 		}
 	}
 	h := router.AddConsumerHandler(c.Name, c.Topic, c.Subscriber, handle)
-	h.AddMiddleware(poison, stampOrigin(c.Name, c.DeadLetterTopic), capped.middleware, retry.Middleware, middleware.Recoverer, countAttempts)
+	h.AddMiddleware(unframe, poison, stampOrigin(c.Name, c.DeadLetterTopic), capped.middleware, retry.Middleware, middleware.Recoverer, countAttempts)
 	return nil
 }

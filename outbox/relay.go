@@ -70,6 +70,13 @@ type RelayConfig struct {
 	// DuplicateEach publishes every row twice: a test switch that proves the
 	// consumers' inboxes absorb duplicates.
 	DuplicateEach bool
+	// SchemaIDs, when set, are the schema registry's ids of each topic's
+	// schema: messages to those topics are sent in the Confluent wire
+	// format (a zero byte, the id in 4 bytes big-endian, then the JSON),
+	// which a stock JSON Schema deserializer in any language reads. The
+	// ids were registered at start, so a registry outage does not stop
+	// publishing.
+	SchemaIDs map[string]int
 	// Logger logs leadership changes and errors.
 	Logger *slog.Logger
 }
@@ -417,11 +424,11 @@ func (r *Relay) messages(batch []row) []*sarama.ProducerMessage {
 	for i := range batch {
 		// Metadata is the row's index, by which sendOnce tells which rows
 		// a partial failure failed.
-		m := batch[i].producerMessage()
+		m := batch[i].producerMessage(r.cfg.SchemaIDs)
 		m.Metadata = i
 		msgs = append(msgs, m)
 		if r.cfg.DuplicateEach {
-			d := batch[i].producerMessage()
+			d := batch[i].producerMessage(r.cfg.SchemaIDs)
 			d.Metadata = i
 			msgs = append(msgs, d)
 		}
@@ -464,7 +471,7 @@ func fetch(ctx context.Context, conn *pgx.Conn, query string, limit int, dst []r
 	return dst, rows.Err()
 }
 
-func (rw *row) producerMessage() *sarama.ProducerMessage {
+func (rw *row) producerMessage(schemaIDs map[string]int) *sarama.ProducerMessage {
 	headers := make([]sarama.RecordHeader, 0, len(rw.headers)+2)
 	headers = append(headers,
 		sarama.RecordHeader{Key: []byte(kafka.UUIDHeaderKey), Value: []byte(rw.id.String())},
@@ -473,10 +480,14 @@ func (rw *row) producerMessage() *sarama.ProducerMessage {
 	for k, v := range rw.headers {
 		headers = append(headers, sarama.RecordHeader{Key: []byte(k), Value: []byte(v)})
 	}
+	value := rw.payload
+	if id, ok := schemaIDs[rw.topic]; ok {
+		value = Frame(id, rw.payload)
+	}
 	return &sarama.ProducerMessage{
 		Topic:   rw.topic,
 		Key:     sarama.StringEncoder(rw.key),
-		Value:   sarama.ByteEncoder(rw.payload),
+		Value:   sarama.ByteEncoder(value),
 		Headers: headers,
 	}
 }

@@ -182,6 +182,7 @@ func Subject(topic string) string { return topic + "-value" }
 
 // Registered is one schema version registered under a subject.
 type Registered struct {
+	Topic   string
 	Subject string
 	Schema  string
 	Version int
@@ -213,7 +214,7 @@ func RegisterContract(ctx context.Context, c *Client, topics kafkax.Topics, comp
 			if err != nil {
 				return out, err
 			}
-			out = append(out, Registered{Subject: subject, Schema: ts.Schema, Version: v, ID: id})
+			out = append(out, Registered{Topic: ts.Topic, Subject: subject, Schema: ts.Schema, Version: v, ID: id})
 		}
 	}
 	return out, nil

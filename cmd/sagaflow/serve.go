@@ -304,8 +304,9 @@ func runServe(ctx context.Context, args []string, stdout io.Writer) error {
 	if err := kcfg.Ping(ctx); err != nil {
 		return err
 	}
+	var schemaIDs map[string]int
 	if *schemaRegistry != "" {
-		if err := registerContract(ctx, *schemaRegistry, c.topics(), *schemaCompat, stdout); err != nil {
+		if schemaIDs, err = registerContract(ctx, *schemaRegistry, c.topics(), *schemaCompat, stdout); err != nil {
 			return err
 		}
 	}
@@ -318,7 +319,7 @@ func runServe(ctx context.Context, args []string, stdout io.Writer) error {
 		Pool: pool, Kafka: kcfg, Topics: c.topics(), Roles: roleNames, HTTPAddr: *httpAddr,
 		Saga: sf.config(), DeliveryStallAfter: sf.stallAfter, AllowInjection: *allowInjection, Inject: injected, DuplicateRelay: *duplicate,
 		OutboxMode: mode, Crash: crash, MetricsAddr: *metricsAddr,
-		APIPool: apiPool, OperatorTokens: tokens, ProtectReads: *protectReads, ReadOnly: *readOnly, TraceURL: *traceURL, MaxInFlight: af.maxInFlight, MaxSagasInFlight: af.maxSagasInFlight, InboxRetention: *inboxRetention, DeadLetterRetention: *deadRetention,
+		APIPool: apiPool, OperatorTokens: tokens, ProtectReads: *protectReads, ReadOnly: *readOnly, TraceURL: *traceURL, SchemaIDs: schemaIDs, MaxInFlight: af.maxInFlight, MaxSagasInFlight: af.maxSagasInFlight, InboxRetention: *inboxRetention, DeadLetterRetention: *deadRetention,
 	})
 	if err != nil {
 		return err
@@ -364,23 +365,26 @@ func startTracing(ctx context.Context, service string) (stop func(), err error) 
 }
 
 // registerContract registers the wire contract's schemas in the registry
-// at url, within 30 s; a refusal stops the process from starting.
-func registerContract(ctx context.Context, url string, topics kafkax.Topics, compat string, stdout io.Writer) error {
+// at url, within 30 s, and returns each topic's newest schema id (the
+// relay's wire format); a refusal stops the process from starting.
+func registerContract(ctx context.Context, url string, topics kafkax.Topics, compat string, stdout io.Writer) (map[string]int, error) {
 	if !slices.Contains(registry.Compatibilities, compat) {
-		return fmt.Errorf("--schema-compatibility %q is not one of %s", compat, strings.Join(registry.Compatibilities, ", "))
+		return nil, fmt.Errorf("--schema-compatibility %q is not one of %s", compat, strings.Join(registry.Compatibilities, ", "))
 	}
 	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 	defer cancel()
 	regs, err := registry.RegisterContract(ctx, registry.New(url), topics, compat)
 	var ie *registry.IncompatibleError
 	if errors.As(err, &ie) {
-		return fmt.Errorf("refusing to start: %w", err)
+		return nil, fmt.Errorf("refusing to start: %w", err)
 	}
 	if err != nil {
-		return fmt.Errorf("register the wire contract in the schema registry: %w", err)
+		return nil, fmt.Errorf("register the wire contract in the schema registry: %w", err)
 	}
+	ids := map[string]int{}
 	for _, r := range regs {
 		fmt.Fprintf(stdout, "schema %s v%d registered under %s (id %d, %s)\n", r.Schema, r.Version, r.Subject, r.ID, compat)
+		ids[r.Topic] = r.ID // versions come oldest first: the newest wins
 	}
-	return nil
+	return ids, nil
 }

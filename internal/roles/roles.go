@@ -109,6 +109,10 @@ type Config struct {
 	// TraceURL links the console's saga pages to their traces (a URL with
 	// {trace_id}).
 	TraceURL string
+	// SchemaIDs, when set, are the schema registry's ids of each topic's
+	// schema: the relay sends in the Confluent wire format (see
+	// outbox.RelayConfig.SchemaIDs). Consumers read both formats anyway.
+	SchemaIDs map[string]int
 	// MaxInFlight, RequestTimeout and AcquireTimeout bound the API's work
 	// (api.Config's; zero takes its defaults). The HTTP server's read and
 	// write timeouts follow RequestTimeout.
@@ -294,7 +298,7 @@ func (s *Stack) Run(ctx context.Context) error {
 			obs = append(obs, outbox.New(sc))
 		}
 		relay, err := outbox.NewRelay(outbox.RelayConfig{Pool: cfg.Pool, Outboxes: obs, Producer: producer,
-			Mode: cfg.OutboxMode, DuplicateEach: cfg.DuplicateRelay, Logger: log})
+			Mode: cfg.OutboxMode, DuplicateEach: cfg.DuplicateRelay, SchemaIDs: cfg.SchemaIDs, Logger: log})
 		if err != nil {
 			return err
 		}

@@ -1,0 +1,173 @@
+package registry_test
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"net"
+	"net/http"
+	"strconv"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/ThreeDotsLabs/watermill"
+	"github.com/google/uuid"
+
+	"github.com/sagaflow/sagaflow/contract"
+	"github.com/sagaflow/sagaflow/internal/roles"
+	"github.com/sagaflow/sagaflow/internal/testenv"
+	"github.com/sagaflow/sagaflow/outbox"
+	"github.com/sagaflow/sagaflow/registry"
+	"github.com/sagaflow/sagaflow/saga"
+	"github.com/sagaflow/sagaflow/steps"
+)
+
+func TestMain(m *testing.M) { testenv.Main(m) }
+
+// With the contract registered, whole sagas run in the Confluent wire
+// format: every message on every topic is a zero byte, the registry's id
+// of its topic's schema, then JSON that schema accepts; the consumers read
+// it, so a completed and a refused order end as they should.
+func TestSagasInWireFormat(t *testing.T) {
+	t.Parallel()
+	c, topics := setup(t)
+	db := testenv.DB(t)
+	kafka := testenv.Kafka(t)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	regs, err := registry.RegisterContract(ctx, c, topics, registry.DefaultCompatibility)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ids := map[string]int{}
+	for _, r := range regs {
+		ids[r.Topic] = r.ID
+	}
+	if err := steps.SeedStock(ctx, db.Pool, map[string]int{"sku-1": 100}); err != nil {
+		t.Fatal(err)
+	}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	stack, err := roles.New(roles.Config{Pool: db.Pool, Kafka: kafka, Topics: topics, Roles: []string{roles.All}, Listener: ln,
+		AllowInjection: true, SweepInterval: 50 * time.Millisecond, SchemaIDs: ids,
+		Crash: func(point string) { t.Errorf("unexpected injected crash at %s", point) }})
+	if err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- stack.Run(ctx) }()
+	defer func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("stack: %v", err)
+		}
+	}()
+	<-stack.Ready()
+
+	sub, err := kafka.NewSubscriber(testenv.Name(t, "raw"), watermill.NopLogger{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sub.Close()
+	var mu sync.Mutex
+	framed := map[string]int{}
+	for _, ts := range contract.TopicSchemas(topics) {
+		msgs, err := sub.Subscribe(ctx, ts.Topic)
+		if err != nil {
+			t.Fatal(err)
+		}
+		go func() {
+			for m := range msgs {
+				body, id, ok := outbox.Unframe(m.Payload)
+				v, _ := strconv.Atoi(m.Metadata.Get(outbox.HeaderSchemaVersion))
+				switch {
+				case !ok:
+					t.Errorf("a message on %s is not in the wire format: %q", ts.Topic, m.Payload)
+				case id != ids[ts.Topic]:
+					t.Errorf("a message on %s names schema %d, the registry's is %d", ts.Topic, id, ids[ts.Topic])
+				default:
+					if err := contract.Validate(m.Metadata.Get(outbox.HeaderType), v, body); err != nil {
+						t.Errorf("on %s: %v", ts.Topic, err)
+					}
+				}
+				mu.Lock()
+				framed[ts.Topic]++
+				mu.Unlock()
+				m.Ack()
+			}
+		}()
+	}
+	var sagas []uuid.UUID
+	for _, inject := range []map[string]string{nil, {"payment": "refuse"}} {
+		body, _ := json.Marshal(map[string]any{
+			"customer_id": "c-1", "items": []map[string]any{{"sku": "sku-1", "quantity": 1}},
+			"amount":           map[string]any{"value": "9.99", "currency": "EUR"},
+			"shipping_address": map[string]any{"name": "Ada", "line1": "1 Main St", "city": "Berlin", "postal_code": "10115", "country": "DE"},
+			"inject":           inject,
+		})
+		req, _ := http.NewRequest(http.MethodPost, "http://"+stack.Addr+"/orders", bytes.NewReader(body))
+		req.Header.Set("Content-Type", "application/json")
+		req.Header.Set("Idempotency-Key", uuid.NewString())
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var p struct {
+			SagaID uuid.UUID `json:"saga_id"`
+		}
+		_ = json.NewDecoder(resp.Body).Decode(&p)
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusAccepted {
+			t.Fatalf("POST /orders: %d", resp.StatusCode)
+		}
+		sagas = append(sagas, p.SagaID)
+	}
+	deadline := time.Now().Add(time.Minute)
+	for i, want := range []saga.State{saga.Completed, saga.Compensated} {
+		for {
+			in, err := saga.Get(ctx, db.Pool, sagas[i])
+			if err != nil {
+				t.Fatal(err)
+			}
+			if in.State == want {
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("saga %s is %s, want %s", sagas[i], in.State, want)
+			}
+			time.Sleep(50 * time.Millisecond)
+		}
+	}
+	for {
+		mu.Lock()
+		n := len(framed)
+		mu.Unlock()
+		if n == len(contract.TopicSchemas(topics)) {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("framed messages seen per topic: %v", framed)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	// The id in the frame names our schema in the registry.
+	got, err := c.Schema(ctx, ids[topics.SagaReplies])
+	if err != nil {
+		t.Fatal(err)
+	}
+	want, _ := contract.Source(contract.SagaReply, 1)
+	var a, b any
+	_ = json.Unmarshal(got, &a)
+	_ = json.Unmarshal(want, &b)
+	if ja, _ := json.Marshal(a); !bytes.Equal(ja, mustJSON(b)) {
+		t.Errorf("schema %d in the registry is not saga-reply v1:\n%s", ids[topics.SagaReplies], got)
+	}
+}
+
+func mustJSON(v any) []byte {
+	b, _ := json.Marshal(v)
+	return b
+}
