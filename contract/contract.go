@@ -8,6 +8,7 @@ package contract
 import (
 	"bytes"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io/fs"
 	"path"
@@ -154,6 +155,12 @@ func Validate(typ string, v int, payload []byte) error {
 		return fmt.Errorf("%s v%d: not JSON: %w", typ, v, err)
 	}
 	if err := s.Validate(inst); err != nil {
+		var ve *jsonschema.ValidationError
+		if errors.As(err, &ve) {
+			// The detailed form names each field at fault.
+			detail := strings.Join(strings.Fields(strings.ReplaceAll(fmt.Sprintf("%#v", ve), "\n", "; ")), " ")
+			return fmt.Errorf("%s v%d: %s", typ, v, detail)
+		}
 		return fmt.Errorf("%s v%d: %w", typ, v, err)
 	}
 	return nil

@@ -47,6 +47,7 @@ func commands() []command {
 		{"stock", "list the inventory's stock or set a SKU's units: stock [list | set SKU QTY]", runStock},
 		{"parked", "list, retry or discard outbox rows Kafka would never accept: parked [list|retry|discard]", runParked},
 		{"schemas", "the wire contract's JSON Schemas: schemas list | show NAME [V] | check (every version compatible with all earlier ones)", runSchemas},
+		{"conformance", "play the participant protocol against a running participant: conformance --participant NAME [--effects-sql Q | --effects-url U]", runConformance},
 		{"bench", "place orders (open or closed loop) and measure sagas/s and latency, then verify", runBench},
 		{"chaos", "run failure scenarios (processes killed, brokers and PostgreSQL restarted …) and verify", runChaos},
 	}
