@@ -20,6 +20,9 @@ import (
 	"sync"
 	"time"
 
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
+
 	"github.com/sagaflow/sagaflow/contract"
 	"github.com/sagaflow/sagaflow/kafkax"
 )
@@ -218,4 +221,55 @@ func RegisterContract(ctx context.Context, c *Client, topics kafkax.Topics, comp
 		}
 	}
 	return out, nil
+}
+
+// The SQL of ops.schema_ids, which this package owns.
+const (
+	sqlSaveID = `INSERT INTO ops.schema_ids (registry, topic, schema_name, version, id) VALUES ($1, $2, $3, $4, $5)
+		ON CONFLICT (registry, topic, schema_name, version) DO UPDATE SET id = excluded.id, registered_at = now()`
+	sqlLoadID = `SELECT id FROM ops.schema_ids WHERE registry = $1 AND topic = $2 AND schema_name = $3 AND version = $4`
+)
+
+// DB is where registered ids are remembered (a pool or a transaction).
+type DB interface {
+	Exec(ctx context.Context, sql string, args ...any) (pgconn.CommandTag, error)
+	QueryRow(ctx context.Context, sql string, args ...any) pgx.Row
+}
+
+// Remember keeps the ids of a successful registration with registry url.
+func Remember(ctx context.Context, db DB, url string, regs []Registered) error {
+	for _, r := range regs {
+		if _, err := db.Exec(ctx, sqlSaveID, url, r.Topic, r.Schema, r.Version, r.ID); err != nil {
+			return fmt.Errorf("remember schema id of %s v%d on %s: %w", r.Schema, r.Version, r.Topic, err)
+		}
+	}
+	return nil
+}
+
+// Remembered returns the ids an earlier registration with registry url
+// left for every schema version of the contract on topics; ok is false
+// unless every one of them is known (a new schema must be registered).
+func Remembered(ctx context.Context, db DB, url string, topics kafkax.Topics) (regs []Registered, ok bool, err error) {
+	for _, ts := range contract.TopicSchemas(topics) {
+		for _, v := range contract.Versions(ts.Schema) {
+			var id int
+			err := db.QueryRow(ctx, sqlLoadID, url, ts.Topic, ts.Schema, v).Scan(&id)
+			if errors.Is(err, pgx.ErrNoRows) {
+				return nil, false, nil
+			}
+			if err != nil {
+				return nil, false, fmt.Errorf("read remembered schema ids: %w", err)
+			}
+			regs = append(regs, Registered{Topic: ts.Topic, Subject: Subject(ts.Topic), Schema: ts.Schema, Version: v, ID: id})
+		}
+	}
+	return regs, true, nil
+}
+
+// Unreachable reports whether err is the registry not answering (rather
+// than answering no).
+func Unreachable(err error) bool {
+	var se *statusError
+	var ie *IncompatibleError
+	return err != nil && !errors.As(err, &se) && !errors.As(err, &ie)
 }

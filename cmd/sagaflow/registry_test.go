@@ -3,6 +3,9 @@ package main
 import (
 	"bytes"
 	"context"
+	"net/http/httptest"
+	"net/http/httputil"
+	neturl "net/url"
 	"os"
 	"strings"
 	"testing"
@@ -56,5 +59,46 @@ func TestServeRefusesWhatTheRegistryRefuses(t *testing.T) {
 	}
 	if vs, err := c.Versions(ctx, registry.Subject(topics.InventoryCommands)); err != nil || len(vs) != 1 {
 		t.Errorf("the inventory commands' subject: versions %v, %v", vs, err)
+	}
+}
+
+// A process that starts while the registry is unreachable sends with the
+// ids the last registration remembered; without any, it does not start.
+func TestRegistryOutageUsesRememberedIDs(t *testing.T) {
+	url := os.Getenv("SAGAFLOW_SCHEMA_REGISTRY")
+	if url == "" {
+		if os.Getenv("SAGAFLOW_REQUIRE_REGISTRY") != "" {
+			t.Fatal("no schema registry: run scripts/registry/registry start (make test does)")
+		}
+		t.Skip("no schema registry here; make test runs this test")
+	}
+	db := testenv.DB(t)
+	ctx := context.Background()
+	target, err := neturl.Parse(url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The registry behind a proxy that the test takes down.
+	proxy := httptest.NewServer(httputil.NewSingleHostReverseProxy(&neturl.URL{Scheme: target.Scheme, Host: target.Host}))
+	viaProxy := proxy.URL + target.Path
+	topics := kafkax.PrefixedTopics("out-" + uuid.NewString()[:8] + ".")
+	var out bytes.Buffer
+	live, err := registerContract(ctx, db.Pool, viaProxy, topics, registry.DefaultCompatibility, &out)
+	if err != nil || len(live) != 5 {
+		t.Fatalf("registration: %v %v\n%s", live, err, out.String())
+	}
+	proxy.Close()
+	during, err := registerContract(ctx, db.Pool, viaProxy, topics, registry.DefaultCompatibility, &out)
+	if err != nil {
+		t.Fatalf("a start during the outage: %v", err)
+	}
+	for topic, id := range live {
+		if during[topic] != id {
+			t.Errorf("topic %s: id %d during the outage, %d registered", topic, during[topic], id)
+		}
+	}
+	fresh := testenv.DB(t)
+	if _, err := registerContract(ctx, fresh.Pool, viaProxy, topics, registry.DefaultCompatibility, &out); err == nil || !strings.Contains(err.Error(), "no ids are remembered") {
+		t.Errorf("a first start during the outage: %v", err)
 	}
 }

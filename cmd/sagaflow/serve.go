@@ -306,7 +306,7 @@ func runServe(ctx context.Context, args []string, stdout io.Writer) error {
 	}
 	var schemaIDs map[string]int
 	if *schemaRegistry != "" {
-		if schemaIDs, err = registerContract(ctx, *schemaRegistry, c.topics(), *schemaCompat, stdout); err != nil {
+		if schemaIDs, err = registerContract(ctx, pool, *schemaRegistry, c.topics(), *schemaCompat, stdout); err != nil {
 			return err
 		}
 	}
@@ -365,9 +365,11 @@ func startTracing(ctx context.Context, service string) (stop func(), err error) 
 }
 
 // registerContract registers the wire contract's schemas in the registry
-// at url, within 30 s, and returns each topic's newest schema id (the
-// relay's wire format); a refusal stops the process from starting.
-func registerContract(ctx context.Context, url string, topics kafkax.Topics, compat string, stdout io.Writer) (map[string]int, error) {
+// at url, within 30 s, remembers the ids in the database, and returns each
+// topic's newest schema id (the relay's wire format); a refusal stops the
+// process from starting. While the registry is unreachable, the ids an
+// earlier start remembered serve, so an outage does not stop traffic.
+func registerContract(ctx context.Context, db registry.DB, url string, topics kafkax.Topics, compat string, stdout io.Writer) (map[string]int, error) {
 	if !slices.Contains(registry.Compatibilities, compat) {
 		return nil, fmt.Errorf("--schema-compatibility %q is not one of %s", compat, strings.Join(registry.Compatibilities, ", "))
 	}
@@ -378,13 +380,31 @@ func registerContract(ctx context.Context, url string, topics kafkax.Topics, com
 	if errors.As(err, &ie) {
 		return nil, fmt.Errorf("refusing to start: %w", err)
 	}
+	if registry.Unreachable(err) {
+		known, ok, lerr := registry.Remembered(ctx, db, url, topics)
+		if lerr != nil || !ok {
+			return nil, fmt.Errorf("register the wire contract in the schema registry (and no ids are remembered from an earlier start): %w", err)
+		}
+		slog.Warn("the schema registry is unreachable: using the schema ids remembered from the last registration", "registry", url, "err", err)
+		return idsOf(known), nil
+	}
 	if err != nil {
 		return nil, fmt.Errorf("register the wire contract in the schema registry: %w", err)
 	}
-	ids := map[string]int{}
+	if err := registry.Remember(ctx, db, url, regs); err != nil {
+		return nil, err
+	}
 	for _, r := range regs {
 		fmt.Fprintf(stdout, "schema %s v%d registered under %s (id %d, %s)\n", r.Schema, r.Version, r.Subject, r.ID, compat)
+	}
+	return idsOf(regs), nil
+}
+
+// idsOf maps each topic to its newest schema's id.
+func idsOf(regs []registry.Registered) map[string]int {
+	ids := map[string]int{}
+	for _, r := range regs {
 		ids[r.Topic] = r.ID // versions come oldest first: the newest wins
 	}
-	return ids, nil
+	return ids
 }
