@@ -17,6 +17,7 @@ import (
 
 	"github.com/sagaflow/sagaflow/conformance"
 	"github.com/sagaflow/sagaflow/internal/roles"
+	"github.com/sagaflow/sagaflow/internal/stacktest"
 	"github.com/sagaflow/sagaflow/internal/testenv"
 	"github.com/sagaflow/sagaflow/kafkax"
 	"github.com/sagaflow/sagaflow/outbox"
@@ -55,20 +56,8 @@ func TestOurParticipantsConform(t *testing.T) {
 		t.Fatal(err)
 	}
 	// The participants and the relay; the kit plays the orchestrator.
-	stack, err := roles.New(roles.Config{Pool: db.Pool, Kafka: kafka, Topics: topics,
+	stacktest.Start(t, roles.Config{Pool: db.Pool, Kafka: kafka, Topics: topics,
 		Roles: []string{roles.Inventory, roles.Payment, roles.Shipping, roles.Relay}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	done := make(chan error, 1)
-	go func() { done <- stack.Run(ctx) }()
-	defer func() {
-		cancel()
-		if err := <-done; err != nil {
-			t.Errorf("stack: %v", err)
-		}
-	}()
-	<-stack.Ready()
 	for _, p := range conformance.Participants {
 		t.Run(p, func(t *testing.T) {
 			rs, err := conformance.Run(ctx, conformance.Config{Kafka: kafka, Topics: topics, Participant: p,

@@ -1,11 +1,7 @@
 package contract_test
 
 import (
-	"bytes"
 	"context"
-	"encoding/json"
-	"net"
-	"net/http"
 	"slices"
 	"strconv"
 	"sync"
@@ -13,10 +9,10 @@ import (
 	"time"
 
 	"github.com/ThreeDotsLabs/watermill"
-	"github.com/google/uuid"
 
 	"github.com/sagaflow/sagaflow/contract"
 	"github.com/sagaflow/sagaflow/internal/roles"
+	"github.com/sagaflow/sagaflow/internal/stacktest"
 	"github.com/sagaflow/sagaflow/internal/testenv"
 	"github.com/sagaflow/sagaflow/kafkax"
 	"github.com/sagaflow/sagaflow/outbox"
@@ -39,25 +35,8 @@ func TestProducedMessagesMatchSchemas(t *testing.T) {
 	if err := steps.SeedStock(ctx, db.Pool, map[string]int{"sku-1": 100}); err != nil {
 		t.Fatal(err)
 	}
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	stack, err := roles.New(roles.Config{Pool: db.Pool, Kafka: kafka, Topics: topics, Roles: []string{roles.All}, Listener: ln,
-		AllowInjection: true, SweepInterval: 50 * time.Millisecond,
-		Crash: func(point string) { t.Errorf("unexpected injected crash at %s", point) }})
-	if err != nil {
-		t.Fatal(err)
-	}
-	done := make(chan error, 1)
-	go func() { done <- stack.Run(ctx) }()
-	defer func() {
-		cancel()
-		if err := <-done; err != nil {
-			t.Errorf("stack: %v", err)
-		}
-	}()
-	<-stack.Ready()
+	stack := stacktest.Start(t, roles.Config{Pool: db.Pool, Kafka: kafka, Topics: topics, Roles: []string{roles.All},
+		AllowInjection: true, SweepInterval: 50 * time.Millisecond})
 
 	// Watch every topic the stack writes.
 	sub, err := kafka.NewSubscriber(testenv.Name(t, "watch"), watermill.NopLogger{})
@@ -99,25 +78,8 @@ func TestProducedMessagesMatchSchemas(t *testing.T) {
 	}
 
 	// A completed order (with every optional field) and a refused one.
-	for _, inject := range []map[string]string{{"payment": "none"}, {"shipping": "refuse"}} {
-		body, _ := json.Marshal(map[string]any{
-			"customer_id": "c-1", "items": []map[string]any{{"sku": "sku-1", "quantity": 2}},
-			"amount":           map[string]any{"value": "12.50", "currency": "EUR"},
-			"shipping_address": map[string]any{"name": "Ada", "line1": "1 Main St", "line2": "Floor 2", "city": "Berlin", "postal_code": "10115", "country": "DE"},
-			"inject":           inject,
-		})
-		req, _ := http.NewRequest(http.MethodPost, "http://"+stack.Addr+"/orders", bytes.NewReader(body))
-		req.Header.Set("Content-Type", "application/json")
-		req.Header.Set("Idempotency-Key", uuid.NewString())
-		resp, err := http.DefaultClient.Do(req)
-		if err != nil {
-			t.Fatal(err)
-		}
-		resp.Body.Close()
-		if resp.StatusCode != http.StatusAccepted {
-			t.Fatalf("POST /orders: %d", resp.StatusCode)
-		}
-	}
+	stacktest.Place(t, stack.Addr, map[string]string{"payment": "none"}, "Floor 2")
+	stacktest.Place(t, stack.Addr, map[string]string{"shipping": "refuse"}, "")
 	// Completed: 3 actions, 3 replies, placed and confirmed. Refused at
 	// shipping: 3 actions, 2 compensations, 5 replies, placed, cancelled.
 	want := map[string]int{"inventory.reserve": 2, "payment.charge": 2, "shipping.ship": 2, "inventory.release": 1, "payment.refund": 1,

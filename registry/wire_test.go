@@ -4,8 +4,6 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
-	"net"
-	"net/http"
 	"strconv"
 	"sync"
 	"testing"
@@ -16,6 +14,7 @@ import (
 
 	"github.com/sagaflow/sagaflow/contract"
 	"github.com/sagaflow/sagaflow/internal/roles"
+	"github.com/sagaflow/sagaflow/internal/stacktest"
 	"github.com/sagaflow/sagaflow/internal/testenv"
 	"github.com/sagaflow/sagaflow/outbox"
 	"github.com/sagaflow/sagaflow/registry"
@@ -47,25 +46,8 @@ func TestSagasInWireFormat(t *testing.T) {
 	if err := steps.SeedStock(ctx, db.Pool, map[string]int{"sku-1": 100}); err != nil {
 		t.Fatal(err)
 	}
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	stack, err := roles.New(roles.Config{Pool: db.Pool, Kafka: kafka, Topics: topics, Roles: []string{roles.All}, Listener: ln,
-		AllowInjection: true, SweepInterval: 50 * time.Millisecond, SchemaIDs: ids,
-		Crash: func(point string) { t.Errorf("unexpected injected crash at %s", point) }})
-	if err != nil {
-		t.Fatal(err)
-	}
-	done := make(chan error, 1)
-	go func() { done <- stack.Run(ctx) }()
-	defer func() {
-		cancel()
-		if err := <-done; err != nil {
-			t.Errorf("stack: %v", err)
-		}
-	}()
-	<-stack.Ready()
+	stack := stacktest.Start(t, roles.Config{Pool: db.Pool, Kafka: kafka, Topics: topics, Roles: []string{roles.All},
+		AllowInjection: true, SweepInterval: 50 * time.Millisecond, SchemaIDs: ids})
 
 	sub, err := kafka.NewSubscriber(testenv.Name(t, "raw"), watermill.NopLogger{})
 	if err != nil {
@@ -100,31 +82,7 @@ func TestSagasInWireFormat(t *testing.T) {
 			}
 		}()
 	}
-	var sagas []uuid.UUID
-	for _, inject := range []map[string]string{nil, {"payment": "refuse"}} {
-		body, _ := json.Marshal(map[string]any{
-			"customer_id": "c-1", "items": []map[string]any{{"sku": "sku-1", "quantity": 1}},
-			"amount":           map[string]any{"value": "9.99", "currency": "EUR"},
-			"shipping_address": map[string]any{"name": "Ada", "line1": "1 Main St", "city": "Berlin", "postal_code": "10115", "country": "DE"},
-			"inject":           inject,
-		})
-		req, _ := http.NewRequest(http.MethodPost, "http://"+stack.Addr+"/orders", bytes.NewReader(body))
-		req.Header.Set("Content-Type", "application/json")
-		req.Header.Set("Idempotency-Key", uuid.NewString())
-		resp, err := http.DefaultClient.Do(req)
-		if err != nil {
-			t.Fatal(err)
-		}
-		var p struct {
-			SagaID uuid.UUID `json:"saga_id"`
-		}
-		_ = json.NewDecoder(resp.Body).Decode(&p)
-		resp.Body.Close()
-		if resp.StatusCode != http.StatusAccepted {
-			t.Fatalf("POST /orders: %d", resp.StatusCode)
-		}
-		sagas = append(sagas, p.SagaID)
-	}
+	sagas := []uuid.UUID{stacktest.Place(t, stack.Addr, nil, "").SagaID, stacktest.Place(t, stack.Addr, map[string]string{"payment": "refuse"}, "").SagaID}
 	deadline := time.Now().Add(time.Minute)
 	for i, want := range []saga.State{saga.Completed, saga.Compensated} {
 		for {

@@ -1,12 +1,10 @@
 package telemetry_test
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
 	"fmt"
 	"io"
-	"net"
 	"net/http"
 	"slices"
 	"strings"
@@ -19,8 +17,8 @@ import (
 	"go.opentelemetry.io/otel/sdk/trace/tracetest"
 	"go.opentelemetry.io/otel/trace"
 
-	"github.com/sagaflow/sagaflow/api"
 	"github.com/sagaflow/sagaflow/internal/roles"
+	"github.com/sagaflow/sagaflow/internal/stacktest"
 	"github.com/sagaflow/sagaflow/internal/testenv"
 	"github.com/sagaflow/sagaflow/kafkax"
 	"github.com/sagaflow/sagaflow/outbox"
@@ -64,62 +62,16 @@ func setup(t *testing.T, leaveOut ...string) *env {
 // start runs a stack of roles rs until the test ends and returns the
 // API's address (empty without the api role).
 func (e *env) start(rs ...string) string {
-	t := e.t
-	t.Helper()
-	cfg := roles.Config{Pool: e.db.Pool, Kafka: testenv.Kafka(t), Topics: e.topics, Roles: rs,
-		AllowInjection: true, SweepInterval: 50 * time.Millisecond, TraceURL: "http://jaeger.test/trace/{trace_id}",
-		Crash: func(point string) { t.Errorf("unexpected injected crash at %s", point) }}
+	cfg := roles.Config{Pool: e.db.Pool, Kafka: testenv.Kafka(e.t), Topics: e.topics, Roles: rs,
+		AllowInjection: true, SweepInterval: 50 * time.Millisecond, TraceURL: "http://jaeger.test/trace/{trace_id}"}
 	cfg.Saga.StepTimeout = 30 * time.Second
-	if slices.Contains(rs, roles.API) {
-		ln, err := net.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
-			t.Fatal(err)
-		}
-		cfg.Listener = ln
-	}
-	stack, err := roles.New(cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- stack.Run(ctx) }()
-	t.Cleanup(func() {
-		cancel()
-		if err := <-done; err != nil {
-			t.Errorf("stack: %v", err)
-		}
-	})
-	select {
-	case <-stack.Ready():
-	case err := <-done:
-		t.Fatalf("stack did not start: %v", err)
-	}
-	return stack.Addr
+	return stacktest.Start(e.t, cfg).Addr
 }
 
 // place posts an order and returns its saga id.
 func (e *env) place(inject map[string]string) uuid.UUID {
 	e.t.Helper()
-	body, _ := json.Marshal(map[string]any{
-		"customer_id": "c-1", "items": []map[string]any{{"sku": "sku-1", "quantity": 1}},
-		"amount":           map[string]any{"value": "12.50", "currency": "EUR"},
-		"shipping_address": map[string]any{"name": "Ada", "line1": "1 Main St", "city": "Berlin", "postal_code": "10115", "country": "DE"},
-		"inject":           inject,
-	})
-	req, _ := http.NewRequest(http.MethodPost, e.base+"/orders", bytes.NewReader(body))
-	req.Header.Set("Content-Type", "application/json")
-	req.Header.Set("Idempotency-Key", uuid.NewString())
-	resp, err := http.DefaultClient.Do(req)
-	if err != nil {
-		e.t.Fatal(err)
-	}
-	defer resp.Body.Close()
-	var p api.PlaceResponse
-	if resp.StatusCode != http.StatusAccepted || json.NewDecoder(resp.Body).Decode(&p) != nil {
-		e.t.Fatalf("POST /orders: %d", resp.StatusCode)
-	}
-	return p.SagaID
+	return stacktest.Place(e.t, strings.TrimPrefix(e.base, "http://"), inject, "").SagaID
 }
 
 // chain waits for the span that records saga id's outcome and returns it

@@ -7,6 +7,7 @@ import (
 	"testing"
 
 	"github.com/sagaflow/sagaflow/internal/roles"
+	"github.com/sagaflow/sagaflow/internal/stacktest"
 	"github.com/sagaflow/sagaflow/internal/testenv"
 	"github.com/sagaflow/sagaflow/kafkax"
 	"github.com/sagaflow/sagaflow/steps"
@@ -24,19 +25,7 @@ func TestConformanceCommand(t *testing.T) {
 	if err := steps.SeedStock(ctx, db.Pool, map[string]int{"sku-1": 10}); err != nil {
 		t.Fatal(err)
 	}
-	stack, err := roles.New(roles.Config{Pool: db.Pool, Kafka: kafka, Topics: kafkax.PrefixedTopics(prefix), Roles: []string{roles.Payment, roles.Relay}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	done := make(chan error, 1)
-	go func() { done <- stack.Run(ctx) }()
-	defer func() {
-		cancel()
-		if err := <-done; err != nil {
-			t.Errorf("stack: %v", err)
-		}
-	}()
-	<-stack.Ready()
+	stacktest.Start(t, roles.Config{Pool: db.Pool, Kafka: kafka, Topics: kafkax.PrefixedTopics(prefix), Roles: []string{roles.Payment, roles.Relay}})
 	var out bytes.Buffer
 	args := []string{"--kafka-brokers", strings.Join(kafka.Brokers, ","), "--topic-prefix", prefix, "--database-url", db.URL}
 	if err := runConformance(ctx, append(args, "--participant", "payment", "--effects-sql", "ours"), &out); err != nil || !strings.Contains(out.String(), "payment: 9 of 9 rules passed") {
