@@ -112,12 +112,24 @@ type statusError struct {
 
 func (e *statusError) Error() string { return fmt.Sprintf("HTTP %d: %s", e.status, e.msg) }
 
-// SetCompatibility sets subject's compatibility level.
+// SetCompatibility sets subject's compatibility level. Processes starting
+// together set it at once: Apicurio answers the second 409 ("a rule named
+// COMPATIBILITY already exists"); then the level in force is read, and set
+// again only if it differs.
 func (c *Client) SetCompatibility(ctx context.Context, subject, level string) error {
-	if _, err := c.do(ctx, http.MethodPut, "/config/"+url.PathEscape(subject), map[string]string{"compatibility": level}, nil); err != nil {
-		return fmt.Errorf("set compatibility of subject %s to %s: %w", subject, level, err)
+	for try := 0; ; try++ {
+		_, err := c.do(ctx, http.MethodPut, "/config/"+url.PathEscape(subject), map[string]string{"compatibility": level}, nil)
+		var se *statusError
+		if err == nil || !errors.As(err, &se) || se.status != http.StatusConflict || try == 2 {
+			if err != nil {
+				return fmt.Errorf("set compatibility of subject %s to %s: %w", subject, level, err)
+			}
+			return nil
+		}
+		if now, rerr := c.Compatibility(ctx, subject); rerr == nil && now == level {
+			return nil
+		}
 	}
-	return nil
 }
 
 // Register registers a JSON Schema under subject and returns its id (the

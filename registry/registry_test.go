@@ -6,6 +6,7 @@ import (
 	"errors"
 	"os"
 	"strings"
+	"sync"
 	"testing"
 
 	"github.com/google/uuid"
@@ -133,5 +134,40 @@ func TestRegistryRulesChanges(t *testing.T) {
 				t.Errorf("sagaflow schemas check disagrees with the registry: %v", ours)
 			}
 		})
+	}
+}
+
+// Processes that start together register the contract at once: each
+// succeeds, with the same ids. (Apicurio answers a second concurrent
+// compatibility setting 409; a make test run failed on it, four role
+// processes starting together.)
+func TestConcurrentRegistration(t *testing.T) {
+	t.Parallel()
+	_, topics := setup(t)
+	const processes = 6
+	var wg sync.WaitGroup
+	results := make([][]registry.Registered, processes)
+	errs := make([]error, processes)
+	for i := range processes {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			results[i], errs[i] = registry.RegisterContract(context.Background(), registry.New(url(t)), topics, registry.DefaultCompatibility)
+		}()
+	}
+	wg.Wait()
+	for i, err := range errs {
+		if err != nil {
+			t.Errorf("process %d: %v", i, err)
+			continue
+		}
+		if errs[0] != nil || len(results[i]) != len(results[0]) {
+			continue
+		}
+		for j, r := range results[i] {
+			if r.ID != results[0][j].ID {
+				t.Errorf("process %d registered %s under id %d, process 0 under %d", i, r.Subject, r.ID, results[0][j].ID)
+			}
+		}
 	}
 }
