@@ -107,16 +107,26 @@ func (s *server) deadLetter(_ http.ResponseWriter, r *http.Request) (string, vie
 	return "deadletter", view{Title: fmt.Sprintf("Dead letter %d", id), Nav: "dead-letters", Data: d, Flash: r.URL.Query().Get("done")}, nil
 }
 
-// confirmDeadLetters shows how many dead letters a replay or purge would
-// touch (the dry run) and asks for confirmation.
-func (s *server) confirmDeadLetters(_ http.ResponseWriter, r *http.Request) (string, view, error) {
+// deadLetterAction is the store and the action (replay or purge) a
+// dead-letter action page acts with.
+func (s *server) deadLetterAction(r *http.Request) (*deadletter.Store, string, error) {
 	store, err := s.deadLetterStore()
 	if err != nil {
-		return "", view{}, err
+		return nil, "", err
 	}
 	action := r.PathValue("action")
 	if action != "replay" && action != "purge" {
-		return "", view{}, fail(http.StatusNotFound, "no action %q", action)
+		return nil, "", fail(http.StatusNotFound, "no action %q", action)
+	}
+	return store, action, nil
+}
+
+// confirmDeadLetters shows how many dead letters a replay or purge would
+// touch (the dry run) and asks for confirmation.
+func (s *server) confirmDeadLetters(_ http.ResponseWriter, r *http.Request) (string, view, error) {
+	store, action, err := s.deadLetterAction(r)
+	if err != nil {
+		return "", view{}, err
 	}
 	if s.cfg.ReadOnly {
 		return "", view{}, fail(http.StatusForbidden, "the console is read-only: actions are refused")
@@ -137,19 +147,15 @@ func (s *server) confirmDeadLetters(_ http.ResponseWriter, r *http.Request) (str
 		"replay": "publish them again to their origin topics, with new message ids naming the dead letters (safe: consumers are idempotent)",
 		"purge":  "delete them from the console (the Kafka dead-letter topics keep their copies until their retention)",
 	}[action]
-	d := confirmData{Action: action, Count: n, Post: s.cfg.Base + "/dead-letter-actions/" + action, Hidden: deadFilterValues(q),
+	d := confirmData{Action: action, Count: n, Post: s.cfg.Base + "/dead-letter-actions/" + action, Hidden: pick(q, deadletter.FilterParams),
 		What: fmt.Sprintf("%s %d dead letter(s): %s.", action, n, what)}
 	return "confirm", view{Title: "Confirm " + action, Nav: "dead-letters", Data: d}, nil
 }
 
 func (s *server) actDeadLetters(w http.ResponseWriter, r *http.Request) (string, view, error) {
-	store, err := s.deadLetterStore()
+	store, action, err := s.deadLetterAction(r)
 	if err != nil {
 		return "", view{}, err
-	}
-	action := r.PathValue("action")
-	if action != "replay" && action != "purge" {
-		return "", view{}, fail(http.StatusNotFound, "no action %q", action)
 	}
 	who, reason, err := s.operator(r)
 	if err != nil {
@@ -182,21 +188,9 @@ func (s *server) actDeadLetters(w http.ResponseWriter, r *http.Request) (string,
 		}
 		done = fmt.Sprintf("%d dead letter(s) purged by %s", n, who)
 	}
-	back := deadFilterValues(r.PostForm)
+	back := pick(r.PostForm, deadletter.FilterParams)
 	back.Del("id")
 	back.Set("done", done)
 	http.Redirect(w, r, s.cfg.Base+"/dead-letters?"+back.Encode(), http.StatusSeeOther)
 	return "", view{}, nil
-}
-
-var deadFilterKeys = deadletter.FilterParams
-
-func deadFilterValues(in url.Values) url.Values {
-	out := url.Values{}
-	for _, k := range deadFilterKeys {
-		if v := in.Get(k); v != "" {
-			out.Set(k, v)
-		}
-	}
-	return out
 }

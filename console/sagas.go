@@ -304,7 +304,7 @@ func (s *server) confirmBatch(_ http.ResponseWriter, r *http.Request) (string, v
 		}
 		n = int64(len(list))
 	}
-	d := confirmData{Action: action, Count: n, Post: s.cfg.Base + "/batch/" + action, Hidden: filterValues(q),
+	d := confirmData{Action: action, Count: n, Post: s.cfg.Base + "/batch/" + action, Hidden: pick(q, api.SagaFilterParams),
 		What: fmt.Sprintf("%s %d saga(s) matching %s (at most %d at once): %s.", action, n, describe(q), maxBatch, actionText[action])}
 	return "confirm", view{Title: "Confirm batch " + action, Nav: "sagas", Data: d}, nil
 }
@@ -319,7 +319,7 @@ func (s *server) actBatch(_ http.ResponseWriter, r *http.Request) (string, view,
 	if err != nil {
 		return "", view{}, err
 	}
-	q := filterValues(r.PostForm)
+	q := pick(r.PostForm, api.SagaFilterParams)
 	f, found, err := s.sagaFilter(r.Context(), q)
 	if err != nil {
 		return "", view{}, err
@@ -352,12 +352,12 @@ func (s *server) actBatch(_ http.ResponseWriter, r *http.Request) (string, view,
 	return "confirm", view{Title: "Batch " + action, Nav: "sagas", Data: d}, nil
 }
 
-// filterKeys are the saga list's filters, which batch actions carry.
-var filterKeys = api.SagaFilterParams
-
-func filterValues(in url.Values) url.Values {
+// pick returns the non-empty values of in under keys: the filters an
+// action's confirmation form carries (api.SagaFilterParams for sagas,
+// deadletter.FilterParams for dead letters).
+func pick(in url.Values, keys []string) url.Values {
 	out := url.Values{}
-	for _, k := range filterKeys {
+	for _, k := range keys {
 		if v := in.Get(k); v != "" {
 			out.Set(k, v)
 		}
@@ -367,7 +367,7 @@ func filterValues(in url.Values) url.Values {
 
 func describe(q url.Values) string {
 	var parts []string
-	for _, k := range filterKeys {
+	for _, k := range api.SagaFilterParams {
 		if v := q.Get(k); v != "" {
 			parts = append(parts, k+"="+v)
 		}

@@ -18,10 +18,11 @@ import (
 	"github.com/sagaflow/sagaflow/registry"
 )
 
-// serve registers the wire contract at start, and refuses to start when
-// the registry refuses it: here the replies subject already holds a schema
-// whose readers need a field ours does not write.
-func TestServeRefusesWhatTheRegistryRefuses(t *testing.T) {
+// registryURL is a running schema registry's API (make test sets
+// SAGAFLOW_SCHEMA_REGISTRY and SAGAFLOW_REQUIRE_REGISTRY; without them the
+// test is skipped).
+func registryURL(t *testing.T) string {
+	t.Helper()
 	url := os.Getenv("SAGAFLOW_SCHEMA_REGISTRY")
 	if url == "" {
 		if os.Getenv("SAGAFLOW_REQUIRE_REGISTRY") != "" {
@@ -29,6 +30,14 @@ func TestServeRefusesWhatTheRegistryRefuses(t *testing.T) {
 		}
 		t.Skip("no schema registry here; make test runs this test")
 	}
+	return url
+}
+
+// serve registers the wire contract at start, and refuses to start when
+// the registry refuses it: here the replies subject already holds a schema
+// whose readers need a field ours does not write.
+func TestServeRefusesWhatTheRegistryRefuses(t *testing.T) {
+	url := registryURL(t)
 	db := testenv.DB(t)
 	kafka := testenv.Kafka(t)
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
@@ -65,13 +74,7 @@ func TestServeRefusesWhatTheRegistryRefuses(t *testing.T) {
 // A process that starts while the registry is unreachable sends with the
 // ids the last registration remembered; without any, it does not start.
 func TestRegistryOutageUsesRememberedIDs(t *testing.T) {
-	url := os.Getenv("SAGAFLOW_SCHEMA_REGISTRY")
-	if url == "" {
-		if os.Getenv("SAGAFLOW_REQUIRE_REGISTRY") != "" {
-			t.Fatal("no schema registry: run scripts/registry/registry start (make test does)")
-		}
-		t.Skip("no schema registry here; make test runs this test")
-	}
+	url := registryURL(t)
 	db := testenv.DB(t)
 	ctx := context.Background()
 	target, err := neturl.Parse(url)
