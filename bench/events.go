@@ -2,9 +2,9 @@ package bench
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -76,8 +76,8 @@ func startWatcher(ctx context.Context, kcfg kafkax.Config, topic string, on func
 			defer w.wg.Done()
 			for m := range pc.Messages() {
 				at := time.Now()
-				var ev order.Event
-				if err := json.Unmarshal(unframed(m.Value), &ev); err != nil {
+				ev, err := order.DecodeEvent(headerVersion(m.Headers), unframed(m.Value))
+				if err != nil {
 					w.fail(fmt.Errorf("decode event at %s/%d@%d: %w", m.Topic, m.Partition, m.Offset, err))
 					continue
 				}
@@ -117,4 +117,16 @@ func (w *watcher) close() {
 func unframed(v []byte) []byte {
 	body, _, _ := outbox.Unframe(v)
 	return body
+}
+
+// headerVersion is a record's schema_version header (0 when it has none or
+// it is not a number).
+func headerVersion(hs []*sarama.RecordHeader) int {
+	for _, h := range hs {
+		if string(h.Key) == outbox.HeaderSchemaVersion {
+			v, _ := strconv.Atoi(string(h.Value))
+			return v
+		}
+	}
+	return 0
 }

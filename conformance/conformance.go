@@ -183,7 +183,8 @@ func (k *kit) onReply(m *message.Message) {
 	if err != nil {
 		return
 	}
-	r := saga.Reply{SagaID: id, Step: str("step"), Kind: saga.Kind(str("kind")), Outcome: saga.Outcome(str("outcome")), Reason: str("reason")}
+	r := saga.Reply{SagaID: id, Step: str("step"), Kind: saga.Kind(str("kind")), Outcome: saga.Outcome(str("outcome")), Reason: str("reason"),
+		Participant: str("participant")}
 	if a, ok := loose["attempt"].(float64); ok {
 		r.Attempt = int(a)
 	}
@@ -206,7 +207,8 @@ func (k *kit) send(id uuid.UUID, kind saga.Kind, attempt int, typ string, v int)
 	topic, _ := commandsTopic(k.cfg.Topics, k.cfg.Participant)
 	data, _ := json.Marshal(order.Data{OrderID: uuid.New(), CustomerID: "conformance", Items: []order.Item{{SKU: k.cfg.SKU, Quantity: 1}},
 		AmountCents: 100, Currency: "EUR", ShippingAddress: order.Address{Name: "Conformance", Line1: "1 Main St", City: "Berlin", PostalCode: "10115", Country: "DE"}})
-	payload, _ := json.Marshal(saga.Command{SagaID: id, SagaType: order.SagaType, Step: k.cfg.Participant, Kind: kind, Attempt: attempt, Data: data})
+	payload, _ := json.Marshal(saga.Command{SagaID: id, SagaType: order.SagaType, Step: k.cfg.Participant, Kind: kind, Attempt: attempt, Data: data,
+		ReplyTo: k.cfg.Topics.SagaReplies})
 	if typ == "" {
 		typ = commandType(k.cfg.Participant, kind)
 	}

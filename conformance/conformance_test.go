@@ -100,7 +100,9 @@ func (f *fake) serveEffects(w http.ResponseWriter, r *http.Request) {
 func (f *fake) handle(m *message.Message, pub message.Publisher, topics kafkax.Topics) error {
 	typ := m.Metadata.Get(outbox.HeaderType)
 	v, _ := strconv.Atoi(m.Metadata.Get(outbox.HeaderSchemaVersion))
-	if (typ != "payment.charge" && typ != "payment.refund") || v != 1 {
+	// It reads commands of both versions a consumer must read, and answers
+	// in version 1 (which the orchestrator still reads), on saga.replies.
+	if (typ != "payment.charge" && typ != "payment.refund") || v < saga.SchemaVersion-1 || v > saga.SchemaVersion {
 		return pub.Publish(topics.DeadLetter("payment"), m) // what it cannot read
 	}
 	var cmd saga.Command

@@ -56,23 +56,14 @@ func AsyncAPI(topics kafkax.Topics) ([]byte, error) {
 			"traceparent":             map[string]any{"type": "string", "description": "W3C trace context (when tracing is on)."},
 		},
 	}
-	schemas["dead-letter-headers"] = map[string]any{
-		"type": "object", "description": "A dead letter is the original message (payload and headers) with these added.",
-		"properties": map[string]any{
-			"reason_poisoned":      map[string]any{"type": "string", "description": "The error."},
-			"topic_poisoned":       map[string]any{"type": "string", "description": "The origin topic."},
-			"dlq_origin_partition": map[string]any{"type": "string"},
-			"dlq_origin_offset":    map[string]any{"type": "string"},
-			"dlq_consumer_group":   map[string]any{"type": "string"},
-			"dlq_attempts":         map[string]any{"type": "string"},
-			"dlq_at":               map[string]any{"type": "string", "format": "date-time"},
-		},
-	}
 	key := map[string]any{"kafka": map[string]any{"key": map[string]any{"type": "string", "format": "uuid", "description": "The saga id: a saga's messages keep their order."}}}
 	for _, name := range Names() {
 		vs := Versions(name)
 		newest := vs[len(vs)-1]
 		for _, typ := range Types(name) {
+			if name == DeadLetter {
+				continue // the dead-letter message below: these are its headers
+			}
 			messages[typ] = map[string]any{
 				"name": typ, "title": typ, "contentType": "application/json",
 				"headers":  map[string]any{"$ref": "#/components/schemas/headers"},
@@ -81,9 +72,11 @@ func AsyncAPI(topics kafkax.Topics) ([]byte, error) {
 			}
 		}
 	}
-	messages["dead-letter"] = map[string]any{
-		"name": "dead-letter", "title": "A message a consumer gave up on", "contentType": "application/json",
-		"headers": map[string]any{"allOf": []any{map[string]any{"$ref": "#/components/schemas/headers"}, map[string]any{"$ref": "#/components/schemas/dead-letter-headers"}}},
+	dl := Versions(DeadLetter)
+	messages[DeadLetterType] = map[string]any{
+		"name": DeadLetterType, "title": "A message a consumer gave up on", "contentType": "application/json",
+		"headers": map[string]any{"allOf": []any{map[string]any{"$ref": "#/components/schemas/headers"},
+			map[string]any{"$ref": fmt.Sprintf("#/components/schemas/%s-v%d", DeadLetter, dl[len(dl)-1])}}},
 		"payload": map[string]any{"description": "The original payload, as it was."},
 	}
 	channels := map[string]any{}

@@ -96,7 +96,8 @@ func TestWorkedExample(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		if err := contract.Validate(typ, 1, b); err != nil {
+		vs := contract.Versions(contract.SchemaOf(typ))
+		if err := contract.Validate(typ, vs[len(vs)-1], b); err != nil {
 			t.Errorf("%s: %v", file, err)
 		}
 		if !bytes.Contains(readme, bytes.TrimSpace(b)) {

@@ -28,7 +28,15 @@ const (
 	OrderCommand = "order-command"
 	SagaReply    = "saga-reply"
 	OrderEvent   = "order-event"
+	// DeadLetter is the schema of a dead letter's headers (its envelope):
+	// the payload is the original one, whatever it was.
+	DeadLetter = "dead-letter"
 )
+
+// DeadLetterType is the name under which Validate checks a dead letter's
+// headers (as a JSON object) against schema DeadLetter; on the wire a dead
+// letter keeps its original type header.
+const DeadLetterType = "dead-letter"
 
 // typeSchema maps each message type (the type header) to its schema.
 var typeSchema = map[string]string{
@@ -37,6 +45,7 @@ var typeSchema = map[string]string{
 	"shipping.ship": OrderCommand, "shipping.cancel": OrderCommand,
 	"saga.reply":  SagaReply,
 	"OrderPlaced": OrderEvent, "OrderConfirmed": OrderEvent, "OrderCancelled": OrderEvent,
+	DeadLetterType: DeadLetter,
 }
 
 // TopicSchema is the schema of every message on a topic.

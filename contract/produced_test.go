@@ -2,6 +2,7 @@ package contract_test
 
 import (
 	"context"
+	"encoding/json"
 	"slices"
 	"strconv"
 	"sync"
@@ -9,6 +10,8 @@ import (
 	"time"
 
 	"github.com/ThreeDotsLabs/watermill"
+	"github.com/ThreeDotsLabs/watermill/message"
+	"github.com/google/uuid"
 
 	"github.com/sagaflow/sagaflow/contract"
 	"github.com/sagaflow/sagaflow/internal/roles"
@@ -24,7 +27,9 @@ func testenvMain(m *testing.M) { testenv.Main(m) }
 // Every message a whole stack produces (commands, replies, order events,
 // for completed and refused orders) validates against its schema, and
 // every field the schemas declare is produced: the Go types and the
-// schemas agree.
+// schemas agree. Producers write the newest version of each schema. A
+// dead letter's headers match the dead-letter schema, and carry each
+// header it declares.
 func TestProducedMessagesMatchSchemas(t *testing.T) {
 	t.Parallel()
 	db := testenv.DB(t)
@@ -47,7 +52,8 @@ func TestProducedMessagesMatchSchemas(t *testing.T) {
 	var mu sync.Mutex
 	seen := map[string][]string{} // schema → paths produced
 	count := map[string]int{}     // message type → messages
-	for _, topic := range []string{topics.InventoryCommands, topics.PaymentCommands, topics.ShippingCommands, topics.SagaReplies, topics.OrderEvents} {
+	for _, topic := range []string{topics.InventoryCommands, topics.PaymentCommands, topics.ShippingCommands, topics.SagaReplies, topics.OrderEvents,
+		topics.DeadLetter("payment")} {
 		msgs, err := sub.Subscribe(ctx, topic)
 		if err != nil {
 			t.Fatal(err)
@@ -55,7 +61,31 @@ func TestProducedMessagesMatchSchemas(t *testing.T) {
 		go func() {
 			for m := range msgs {
 				typ := m.Metadata.Get(outbox.HeaderType)
+				if topic == topics.DeadLetter("payment") {
+					// A dead letter's envelope is its headers.
+					headers, _ := json.Marshal(m.Metadata)
+					if err := contract.Validate(contract.DeadLetterType, 1, headers); err != nil {
+						t.Errorf("a dead letter's headers do not match their schema: %v\n%s", err, headers)
+					}
+					mu.Lock()
+					for k := range m.Metadata {
+						if !slices.Contains(seen[contract.DeadLetter], k) {
+							seen[contract.DeadLetter] = append(seen[contract.DeadLetter], k)
+						}
+					}
+					count[contract.DeadLetterType]++
+					mu.Unlock()
+					m.Ack()
+					continue
+				}
+				if typ == "payment.explode" { // the test's own bad command
+					m.Ack()
+					continue
+				}
 				v, _ := strconv.Atoi(m.Metadata.Get(outbox.HeaderSchemaVersion))
+				if vs := contract.Versions(contract.SchemaOf(typ)); len(vs) == 0 || v != vs[len(vs)-1] {
+					t.Errorf("a produced %s on %s has schema version %d; producers write the newest of %v", typ, topic, v, vs)
+				}
 				if err := contract.Validate(typ, v, m.Payload); err != nil {
 					t.Errorf("a produced %s on %s does not match its schema: %v\n%s", typ, topic, err, m.Payload)
 				}
@@ -80,10 +110,23 @@ func TestProducedMessagesMatchSchemas(t *testing.T) {
 	// A completed order (with every optional field) and a refused one.
 	stacktest.Place(t, stack.Addr, map[string]string{"payment": "none"}, "Floor 2")
 	stacktest.Place(t, stack.Addr, map[string]string{"shipping": "refuse"}, "")
+	// And a command the payment participant cannot read: dead-lettered.
+	pub, err := kafka.NewPublisher(watermill.NopLogger{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer pub.Close()
+	bad := message.NewMessage(uuid.NewString(), []byte(`{"saga_id": "not a saga"}`))
+	bad.Metadata.Set(kafkax.KeyMetadata, "bad")
+	bad.Metadata.Set(outbox.HeaderType, "payment.explode")
+	bad.Metadata.Set(outbox.HeaderSchemaVersion, "2")
+	if err := pub.Publish(topics.PaymentCommands, bad); err != nil {
+		t.Fatal(err)
+	}
 	// Completed: 3 actions, 3 replies, placed and confirmed. Refused at
 	// shipping: 3 actions, 2 compensations, 5 replies, placed, cancelled.
 	want := map[string]int{"inventory.reserve": 2, "payment.charge": 2, "shipping.ship": 2, "inventory.release": 1, "payment.refund": 1,
-		"saga.reply": 8, "OrderPlaced": 2, "OrderConfirmed": 1, "OrderCancelled": 1}
+		"saga.reply": 8, "OrderPlaced": 2, "OrderConfirmed": 1, "OrderCancelled": 1, contract.DeadLetterType: 1}
 	deadline := time.Now().Add(2 * time.Minute)
 	for {
 		mu.Lock()

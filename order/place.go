@@ -215,8 +215,9 @@ func (s *Service) Place(ctx context.Context, key string, req *PlaceRequest) (Pla
 	if err != nil {
 		return Placed{}, fmt.Errorf("insert order %s: %w", orderID, err)
 	}
-	data, err := json.Marshal(Data{OrderID: orderID, CustomerID: req.CustomerID, Items: req.Items,
-		AmountCents: int64(req.Amount.Value), Currency: req.Amount.Currency, ShippingAddress: req.ShippingAddress, Inject: req.Inject})
+	d := Data{OrderID: orderID, CustomerID: req.CustomerID, Items: req.Items,
+		AmountCents: int64(req.Amount.Value), Currency: req.Amount.Currency, ShippingAddress: req.ShippingAddress, Inject: req.Inject}
+	data, err := json.Marshal(d)
 	if err != nil {
 		return Placed{}, fmt.Errorf("encode saga data of order %s: %w", orderID, err)
 	}
@@ -226,7 +227,7 @@ func (s *Service) Place(ctx context.Context, key string, req *PlaceRequest) (Pla
 	if _, err := s.engine.StartBatch(ctx, &b, SagaType, sagaID, data); err != nil {
 		return Placed{}, fmt.Errorf("start saga of order %s: %w", orderID, err)
 	}
-	if err := s.queueEvent(&b, EventPlaced, orderID, sagaID, ""); err != nil {
+	if err := s.queueEvent(&b, EventPlaced, d, sagaID, ""); err != nil {
 		return Placed{}, err
 	}
 	if err := saga.SendBatch(ctx, tx, &b); err != nil {
@@ -245,6 +246,10 @@ const (
 	EventCancelled = "OrderCancelled"
 )
 
+// EventVersion is the schema version of the order events this build
+// writes; DecodeEvent reads it and the one before it.
+const EventVersion = 2
+
 // Event is the payload of an order event.
 type Event struct {
 	Type    string    `json:"type"`
@@ -252,20 +257,55 @@ type Event struct {
 	SagaID  uuid.UUID `json:"saga_id"`
 	Reason  string    `json:"reason,omitempty"`
 	At      time.Time `json:"at"`
+	// The customer and the amount (version 2), so that a consumer needs no
+	// lookup; empty in an event upcast from version 1, where they are
+	// unknown.
+	CustomerID  string `json:"customer_id,omitempty"`
+	AmountCents *int64 `json:"amount_cents,omitempty"`
+	Currency    string `json:"currency,omitempty"`
 }
 
-func (s *Service) eventMessage(typ string, orderID, sagaID uuid.UUID, reason string) (outbox.Message, error) {
-	payload, err := json.Marshal(Event{Type: typ, OrderID: orderID, SagaID: sagaID, Reason: reason, At: time.Now().UTC()})
+// DecodeEvent decodes the payload of an order event of schema version v
+// (EventVersion or the one before it, which it upcasts). Its errors say
+// why the event cannot be read: a consumer dead-letters it.
+func DecodeEvent(v int, payload []byte) (Event, error) {
+	var ev Event
+	if v < EventVersion-1 || v > EventVersion {
+		return ev, fmt.Errorf("order event of schema version %d: this build reads versions %d and %d", v, EventVersion-1, EventVersion)
+	}
+	if err := json.Unmarshal(payload, &ev); err != nil {
+		return ev, fmt.Errorf("decode order event: %w", err)
+	}
+	if ev.Type == "" || ev.OrderID == uuid.Nil || ev.SagaID == uuid.Nil {
+		return ev, fmt.Errorf("order event lacks type, order_id or saga_id")
+	}
+	upcastEvent(v, &ev)
+	return ev, nil
+}
+
+// upcastEvent lifts an event of version v to EventVersion. Version 1 has
+// no customer or amount: they stay unknown (a field of a newer version in
+// an older event is not trusted).
+func upcastEvent(v int, ev *Event) {
+	if v < 2 {
+		ev.CustomerID, ev.AmountCents, ev.Currency = "", nil, ""
+	}
+}
+
+func (s *Service) eventMessage(typ string, d Data, sagaID uuid.UUID, reason string) (outbox.Message, error) {
+	amount := d.AmountCents
+	payload, err := json.Marshal(Event{Type: typ, OrderID: d.OrderID, SagaID: sagaID, Reason: reason, At: time.Now().UTC(),
+		CustomerID: d.CustomerID, AmountCents: &amount, Currency: d.Currency})
 	if err != nil {
-		return outbox.Message{}, fmt.Errorf("encode %s of order %s: %w", typ, orderID, err)
+		return outbox.Message{}, fmt.Errorf("encode %s of order %s: %w", typ, d.OrderID, err)
 	}
 	return outbox.Message{Topic: s.topics.orderEvents, Key: sagaID.String(), Payload: payload,
-		Type: typ, SchemaVersion: 1, CorrelationID: sagaID.String()}, nil
+		Type: typ, SchemaVersion: EventVersion, CorrelationID: sagaID.String()}, nil
 }
 
 // queueEvent queues an order event on b.
-func (s *Service) queueEvent(b *pgx.Batch, typ string, orderID, sagaID uuid.UUID, reason string) error {
-	m, err := s.eventMessage(typ, orderID, sagaID, reason)
+func (s *Service) queueEvent(b *pgx.Batch, typ string, d Data, sagaID uuid.UUID, reason string) error {
+	m, err := s.eventMessage(typ, d, sagaID, reason)
 	if err != nil {
 		return err
 	}

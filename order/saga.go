@@ -37,7 +37,8 @@ func (s *Service) NewDefinition(cfg SagaConfig) *saga.Definition {
 	retry := saga.RetryPolicy{MaxAttempts: cfg.Attempts, Timeout: cfg.StepTimeout, Multiplier: 2, MaxTimeout: 30 * time.Second, Jitter: 0.2}
 	comp := saga.RetryPolicy{MaxAttempts: cfg.CompensationAttempts, Timeout: cfg.StepTimeout, Multiplier: 2, MaxTimeout: 30 * time.Second, Jitter: 0.2}
 	return &saga.Definition{
-		Type: SagaType,
+		Type:    SagaType,
+		ReplyTo: cfg.Topics.SagaReplies,
 		Steps: []saga.Step{
 			{Name: StepInventory, Topic: cfg.Topics.InventoryCommands, ActionType: TypeReserve, CompensationType: TypeRelease, Retry: retry, CompensationRetry: comp},
 			{Name: StepPayment, Topic: cfg.Topics.PaymentCommands, ActionType: TypeCharge, CompensationType: TypeRefund, Retry: retry, CompensationRetry: comp},
@@ -69,5 +70,5 @@ func (s *Service) settle(b *pgx.Batch, in *saga.Instance, status Status, event, 
 		}
 		return nil
 	})
-	return s.queueEvent(b, event, d.OrderID, in.ID, reason)
+	return s.queueEvent(b, event, d, in.ID, reason)
 }

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -197,6 +198,30 @@ func (e permanentError) Unwrap() error { return e.err }
 // an unknown message type, a future schema version): the message goes to the
 // dead-letter topic at once.
 func Permanent(err error) error { return permanentError{err} }
+
+// VersionOf reads msg's schema_version header for a consumer that reads
+// versions newest-1 and newest (the newest it knows and the one before it,
+// which it upcasts). A missing or malformed header, or a version outside
+// that window (a future version, or one too old to upcast), is a Permanent
+// error that says which: the message is dead-lettered at once, never half
+// understood.
+func VersionOf(msg *message.Message, newest int) (int, error) {
+	v := msg.Metadata.Get(HeaderSchemaVersion)
+	if v == "" {
+		return 0, Permanent(fmt.Errorf("message %s has no %s header", msg.UUID, HeaderSchemaVersion))
+	}
+	n, err := strconv.Atoi(v)
+	if err != nil || n < 1 {
+		return 0, Permanent(fmt.Errorf("message %s: bad schema version %q", msg.UUID, v))
+	}
+	if n > newest {
+		return 0, Permanent(fmt.Errorf("message %s has schema version %d, this build understands up to %d", msg.UUID, n, newest))
+	}
+	if n < newest-1 {
+		return 0, Permanent(fmt.Errorf("message %s has schema version %d, this build reads versions %d and %d", msg.UUID, n, newest-1, newest))
+	}
+	return n, nil
+}
 
 // IsPermanent reports whether err was marked Permanent.
 func IsPermanent(err error) bool {

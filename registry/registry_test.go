@@ -47,12 +47,18 @@ func TestRegisterContract(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if len(regs) != len(contract.TopicSchemas(topics)) {
-		t.Fatalf("registered %+v", regs)
+	// Every version of each topic's schema, oldest first, so that the
+	// registry checks each against those before it.
+	want := 0
+	for _, ts := range contract.TopicSchemas(topics) {
+		want += len(contract.Versions(ts.Schema))
+	}
+	if len(regs) != want {
+		t.Fatalf("registered %d schemas, want %d: %+v", len(regs), want, regs)
 	}
 	for _, r := range regs {
-		if vs, err := c.Versions(ctx, r.Subject); err != nil || len(vs) != 1 {
-			t.Errorf("subject %s: versions %v, %v", r.Subject, vs, err)
+		if vs, err := c.Versions(ctx, r.Subject); err != nil || len(vs) != len(contract.Versions(r.Schema)) {
+			t.Errorf("subject %s: versions %v, %v; want %d", r.Subject, vs, err, len(contract.Versions(r.Schema)))
 		}
 		if level, err := c.Compatibility(ctx, r.Subject); err != nil || level != registry.DefaultCompatibility {
 			t.Errorf("subject %s: compatibility %q, %v", r.Subject, level, err)
@@ -63,7 +69,7 @@ func TestRegisterContract(t *testing.T) {
 		}
 	}
 	again, err := registry.RegisterContract(ctx, registry.New(url(t)), topics, registry.DefaultCompatibility)
-	if err != nil || len(again) != len(regs) || again[0].ID != regs[0].ID {
+	if err != nil || len(again) != len(regs) || again[0].ID != regs[0].ID || again[len(again)-1].ID != regs[len(regs)-1].ID {
 		t.Errorf("registering again: %+v, %v (first: %+v)", again, err, regs)
 	}
 }

@@ -116,12 +116,13 @@ func TestSagasInWireFormat(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	want, _ := contract.Source(contract.SagaReply, 1)
+	vs := contract.Versions(contract.SagaReply)
+	want, _ := contract.Source(contract.SagaReply, vs[len(vs)-1])
 	var a, b any
 	_ = json.Unmarshal(got, &a)
 	_ = json.Unmarshal(want, &b)
 	if ja, _ := json.Marshal(a); !bytes.Equal(ja, mustJSON(b)) {
-		t.Errorf("schema %d in the registry is not saga-reply v1:\n%s", ids[topics.SagaReplies], got)
+		t.Errorf("schema %d in the registry is not the newest saga-reply:\n%s", ids[topics.SagaReplies], got)
 	}
 }
 

@@ -99,6 +99,11 @@ type Definition struct {
 	// Type names the saga type, stored with each instance.
 	Type  string
 	Steps []Step
+	// ReplyTo is the topic the orchestrator reads replies from: every
+	// command names it (reply_to), so that participants answer there.
+	// Empty: commands name none, and participants answer on the replies
+	// topic they are configured with.
+	ReplyTo string
 	// Deadline bounds a whole saga: past it, the step in flight gets no
 	// more attempts and the saga compensates (default 5 minutes).
 	Deadline time.Duration

@@ -315,6 +315,7 @@ func (e *Engine) move(w *writes, in *Instance, r Reply, msgID uuid.UUID) error {
 		e.metrics.stale.Add(1)
 		reason := fmt.Sprintf("%s reply (attempt %d, %s) while the saga is %s at step %d attempt %d", r.Kind, r.Attempt, r.Outcome, in.State, in.Step, in.Attempt)
 		e.history(w, in.ID, r.Step, r.Kind, r.Attempt, EventStaleReply, reason, msgID)
+		w.by(r.Participant)
 		return nil
 	}
 	step := def.Steps[idx]
@@ -323,6 +324,7 @@ func (e *Engine) move(w *writes, in *Instance, r Reply, msgID uuid.UUID) error {
 	switch {
 	case r.Kind == KindAction && r.Outcome == Succeeded:
 		e.history(w, in.ID, step.Name, KindAction, r.Attempt, EventSucceeded, "", msgID)
+		w.by(r.Participant)
 		in.Completed = idx + 1
 		if idx+1 == len(def.Steps) {
 			return e.finish(w, def, in, Completed, "")
@@ -331,14 +333,17 @@ func (e *Engine) move(w *writes, in *Instance, r Reply, msgID uuid.UUID) error {
 		return e.advance(w, def, in, KindAction, msgID.String())
 	case r.Kind == KindAction && r.Outcome == Refused:
 		e.history(w, in.ID, step.Name, KindAction, r.Attempt, EventRefused, r.Reason, msgID)
+		w.by(r.Participant)
 		// A refusal made no change, so the refusing step needs no undo.
 		return e.compensate(w, def, in, idx-1, fmt.Sprintf("%s refused: %s", step.Name, r.Reason), msgID.String())
 	case r.Kind == KindCompensation && r.Outcome == Succeeded:
 		e.history(w, in.ID, step.Name, KindCompensation, r.Attempt, EventSucceeded, "", msgID)
+		w.by(r.Participant)
 		return e.compensate(w, def, in, idx-1, in.Reason, msgID.String())
 	default: // a compensation refused: it must finish, so the deadline resends it
 		e.metrics.compensationRefused.Add(1)
 		e.history(w, in.ID, step.Name, KindCompensation, r.Attempt, EventRefused, r.Reason+" (will resend)", msgID)
+		w.by(r.Participant)
 		return nil
 	}
 }
@@ -390,7 +395,7 @@ func (e *Engine) send(w *writes, def *Definition, in *Instance, kind Kind, causa
 	if kind == KindCompensation {
 		typ = step.CompensationType
 	}
-	payload, err := json.Marshal(Command{SagaID: in.ID, SagaType: in.Type, Step: step.Name, Kind: kind, Attempt: in.Attempt, Data: in.Data})
+	payload, err := json.Marshal(Command{SagaID: in.ID, SagaType: in.Type, Step: step.Name, Kind: kind, Attempt: in.Attempt, Data: in.Data, ReplyTo: def.ReplyTo})
 	if err != nil {
 		return fmt.Errorf("encode %s command of saga %s: %w", typ, in.ID, err)
 	}
@@ -457,6 +462,13 @@ func (e *Engine) history(w *writes, id uuid.UUID, step string, kind Kind, attemp
 	h := &w.hist
 	h.ids, h.steps, h.kinds, h.attempts = append(h.ids, id), append(h.steps, step), append(h.kinds, string(kind)), append(h.attempts, int32(attempt))
 	h.events, h.reasons, h.msgIDs = append(h.events, event), append(h.reasons, reason), append(h.msgIDs, mid)
+	h.participants = append(h.participants, "")
+}
+
+// by names the participant that sent the reply the history line queued last
+// records.
+func (w *writes) by(participant string) {
+	w.hist.participants[len(w.hist.participants)-1] = participant
 }
 
 // writes collects the writes of one saga transaction. Statements are queued
@@ -471,6 +483,7 @@ type writes struct {
 		attempts             []int32
 		reasons              []string
 		msgIDs               []*uuid.UUID
+		participants         []string
 	}
 	cmds []outbox.Message
 	// trace is the context whose span the writes belong to (the consumer
@@ -498,7 +511,7 @@ func (w *writes) command(m outbox.Message) {
 // statements, and returns the batch to send; w is empty afterwards.
 func (w *writes) batch() (*pgx.Batch, error) {
 	if h := &w.hist; len(h.ids) > 0 {
-		w.Queue(sqlInsertHistoryMany, h.ids, h.steps, h.kinds, h.attempts, h.events, h.reasons, h.msgIDs)
+		w.Queue(sqlInsertHistoryMany, h.ids, h.steps, h.kinds, h.attempts, h.events, h.reasons, h.msgIDs, h.participants)
 	}
 	if err := sagaOutbox.Queue(&w.Batch, w.cmds...); err != nil {
 		return nil, fmt.Errorf("send %d saga command(s): %w", len(w.cmds), err)

@@ -139,10 +139,16 @@ func (e *env) reply(id uuid.UUID, step string, kind saga.Kind, attempt int, outc
 
 func (e *env) deliver(msgID uuid.UUID, r saga.Reply) {
 	e.t.Helper()
+	e.deliverVersion(msgID, r, 1)
+}
+
+// deliverVersion delivers r as a reply of schema version v.
+func (e *env) deliverVersion(msgID uuid.UUID, r saga.Reply, v int) {
+	e.t.Helper()
 	payload, _ := json.Marshal(r)
 	msg := message.NewMessage(msgID.String(), payload)
 	msg.Metadata.Set(outbox.HeaderType, saga.ReplyType)
-	msg.Metadata.Set(outbox.HeaderSchemaVersion, "1")
+	msg.Metadata.Set(outbox.HeaderSchemaVersion, strconv.Itoa(v))
 	if err := e.inbox.Wrap(e.engine.HandleReply)(msg); err != nil {
 		e.t.Fatalf("deliver reply %+v: %v", r, err)
 	}
@@ -208,6 +214,41 @@ func TestHappyPath(t *testing.T) {
 	// Commands carry the saga's data.
 	if string(e.commands(id)[2].cmd.Data) != `{"x": 1}` && string(e.commands(id)[2].cmd.Data) != `{"x":1}` {
 		t.Fatalf("command data %s", e.commands(id)[2].cmd.Data)
+	}
+}
+
+// Commands name the definition's replies topic (reply_to, version 2). The
+// orchestrator reads replies of both versions: the history names who
+// answered, the participant a version 2 reply names, the step's for a
+// version 1 reply (its upcast).
+func TestRepliesOfBothVersions(t *testing.T) {
+	t.Parallel()
+	def := threeSteps(time.Minute, 3, 3, false)
+	def.ReplyTo = "test.replies"
+	e := setup(t, def)
+	id := e.start()
+	if c := e.commands(id)[0].cmd; c.ReplyTo != "test.replies" {
+		t.Fatalf("the first command's reply_to is %q, want test.replies", c.ReplyTo)
+	}
+	e.deliverVersion(uuid.Must(uuid.NewV7()), saga.Reply{SagaID: id, Step: "a", Kind: saga.KindAction, Attempt: 1, Outcome: saga.Succeeded}, 1)
+	e.deliverVersion(uuid.Must(uuid.NewV7()), saga.Reply{SagaID: id, Step: "b", Kind: saga.KindAction, Attempt: 1, Outcome: saga.Succeeded, Participant: "b-service"}, 2)
+	hist, err := saga.History(context.Background(), e.db.Pool, id)
+	if err != nil {
+		t.Fatal(err)
+	}
+	by := map[string]string{}
+	for _, h := range hist {
+		if h.Event == saga.EventSucceeded {
+			by[h.Step] = h.Participant
+		} else if h.Participant != "" {
+			t.Errorf("history line %d (%s) names participant %q; only answers do", h.Seq, h.Event, h.Participant)
+		}
+	}
+	if by["a"] != "a" || by["b"] != "b-service" {
+		t.Fatalf("answered by %v, want a by a (version 1, upcast) and b by b-service", by)
+	}
+	if in := e.get(id); in.Step != 2 {
+		t.Fatalf("saga at step %d, want 2", in.Step)
 	}
 }
 
@@ -449,7 +490,7 @@ func TestBadReplies(t *testing.T) {
 	}{
 		{"garbage", "\xff\x00", saga.ReplyType, "1"},
 		{"unknown type", `{}`, "saga.something", "1"},
-		{"future schema version", `{"saga_id":"` + id.String() + `","step":"a","kind":"action","attempt":1,"outcome":"succeeded"}`, saga.ReplyType, "2"},
+		{"future schema version", `{"saga_id":"` + id.String() + `","step":"a","kind":"action","attempt":1,"outcome":"succeeded"}`, saga.ReplyType, strconv.Itoa(saga.SchemaVersion + 1)},
 		{"missing fields", `{"saga_id":"` + id.String() + `"}`, saga.ReplyType, "1"},
 		{"unknown outcome", `{"saga_id":"` + id.String() + `","step":"a","kind":"action","attempt":1,"outcome":"maybe"}`, saga.ReplyType, "1"},
 		{"unknown saga", `{"saga_id":"` + uuid.NewString() + `","step":"a","kind":"action","attempt":1,"outcome":"succeeded"}`, saga.ReplyType, "1"},

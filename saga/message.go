@@ -3,7 +3,7 @@ package saga
 import (
 	"encoding/json"
 	"fmt"
-	"strconv"
+	"regexp"
 	"strings"
 
 	"github.com/ThreeDotsLabs/watermill/message"
@@ -13,9 +13,15 @@ import (
 )
 
 // SchemaVersion is the version of the command and reply payloads this build
-// writes and understands. A message with a higher version is refused as
-// permanent (dead-lettered), never half-understood.
-const SchemaVersion = 1
+// writes. It reads that version and the one before it, which its upcasters
+// (upcastCommand, upcastReply) lift to this one; a message of a higher
+// version is refused as permanent (dead-lettered), never half-understood.
+// Consumers are deployed before producers: a participant that reads
+// version 2 is running before an orchestrator writes it.
+const SchemaVersion = 2
+
+// topicName is what Kafka accepts as a topic name.
+var topicName = regexp.MustCompile(`^[A-Za-z0-9._-]{1,249}$`)
 
 // Kind says whether a command runs a step's action or its compensation.
 type Kind string
@@ -55,6 +61,11 @@ type Command struct {
 	Attempt int `json:"attempt"`
 	// Data is the saga's data (for the order saga: the order).
 	Data json.RawMessage `json:"data"`
+	// ReplyTo is the topic to answer on, the orchestrator's replies topic
+	// (version 2): the return address, so that a participant needs no
+	// configuration of it. Empty in a version 1 command, whose participant
+	// answers on the topic it is configured with.
+	ReplyTo string `json:"reply_to,omitempty"`
 }
 
 // Reply answers a Command. It is published to the replies topic keyed by
@@ -67,31 +78,52 @@ type Reply struct {
 	Outcome Outcome   `json:"outcome"`
 	// Reason explains a refusal, for the saga's history and the order.
 	Reason string `json:"reason,omitempty"`
+	// Participant names the service that answered, for the saga's history
+	// (version 2; a version 1 reply is upcast as answered by the
+	// participant named like its step).
+	Participant string `json:"participant,omitempty"`
 }
 
 // ReplyType is the message type of every reply.
 const ReplyType = "saga.reply"
 
-// DecodeCommand decodes a command message, checking its schema version and
-// fields. Its errors are permanent: retrying cannot fix the message.
+// DecodeCommand decodes a command message of this schema version or the one
+// before it (upcast), checking its fields. Its errors are permanent:
+// retrying cannot fix the message.
 func DecodeCommand(msg *message.Message) (Command, error) {
 	var c Command
-	if err := checkVersion(msg); err != nil {
+	v, err := outbox.VersionOf(msg, SchemaVersion)
+	if err != nil {
 		return c, err
 	}
 	if err := json.Unmarshal(msg.Payload, &c); err != nil {
 		return c, outbox.Permanent(fmt.Errorf("decode command %s: %w", msg.UUID, err))
 	}
+	upcastCommand(v, &c)
 	if c.SagaID == uuid.Nil || c.Step == "" || c.Attempt < 1 || (c.Kind != KindAction && c.Kind != KindCompensation) {
 		return c, outbox.Permanent(fmt.Errorf("command %s lacks saga_id, step, kind or attempt: %s", msg.UUID, truncate(msg.Payload)))
 	}
+	if c.ReplyTo != "" && !topicName.MatchString(c.ReplyTo) {
+		return c, outbox.Permanent(fmt.Errorf("command %s: reply_to %q is not a topic name", msg.UUID, truncate([]byte(c.ReplyTo))))
+	}
 	return c, nil
+}
+
+// upcastCommand lifts a command of version v to SchemaVersion. Version 1
+// has no reply_to: it stays empty, and NewReply answers on the configured
+// replies topic. A field of a newer version in an older message is not
+// trusted: a version 1 command that names a reply_to is read without it.
+func upcastCommand(v int, c *Command) {
+	if v < 2 {
+		c.ReplyTo = ""
+	}
 }
 
 // DecodeReply decodes a reply message like DecodeCommand.
 func DecodeReply(msg *message.Message) (Reply, error) {
 	var r Reply
-	if err := checkVersion(msg); err != nil {
+	v, err := outbox.VersionOf(msg, SchemaVersion)
+	if err != nil {
 		return r, err
 	}
 	if t := msg.Metadata.Get(outbox.HeaderType); t != ReplyType {
@@ -100,24 +132,46 @@ func DecodeReply(msg *message.Message) (Reply, error) {
 	if err := json.Unmarshal(msg.Payload, &r); err != nil {
 		return r, outbox.Permanent(fmt.Errorf("decode reply %s: %w", msg.UUID, err))
 	}
+	upcastReply(v, &r)
 	if r.SagaID == uuid.Nil || r.Step == "" || r.Attempt < 1 || (r.Outcome != Succeeded && r.Outcome != Refused) ||
 		(r.Kind != KindAction && r.Kind != KindCompensation) {
 		return r, outbox.Permanent(fmt.Errorf("reply %s lacks saga_id, step, kind, attempt or outcome: %s", msg.UUID, truncate(msg.Payload)))
 	}
-	// The step and reason go to text columns (saga.history), which cannot
-	// hold a NUL (SQLSTATE 22021): no delivery of such a reply could commit.
-	if strings.ContainsRune(r.Step, 0) || strings.ContainsRune(r.Reason, 0) {
-		return r, outbox.Permanent(fmt.Errorf("reply %s has a NUL character in its step or reason: %s", msg.UUID, truncate(msg.Payload)))
+	// The step, reason and participant go to text columns (saga.history),
+	// which cannot hold a NUL (SQLSTATE 22021): no delivery of such a reply
+	// could commit.
+	if strings.ContainsRune(r.Step, 0) || strings.ContainsRune(r.Reason, 0) || strings.ContainsRune(r.Participant, 0) {
+		return r, outbox.Permanent(fmt.Errorf("reply %s has a NUL character in its step, reason or participant: %s", msg.UUID, truncate(msg.Payload)))
+	}
+	if len(r.Participant) > maxParticipant {
+		return r, outbox.Permanent(fmt.Errorf("reply %s: participant is %d bytes, at most %d", msg.UUID, len(r.Participant), maxParticipant))
 	}
 	return r, nil
 }
 
-// NewReply builds the outbox message that answers cmd (the message that
-// carried it is causation).
-func NewReply(topic string, cmd Command, causation string, outcome Outcome, reason string) (outbox.Message, error) {
-	payload, err := json.Marshal(Reply{SagaID: cmd.SagaID, Step: cmd.Step, Kind: cmd.Kind, Attempt: cmd.Attempt, Outcome: outcome, Reason: reason})
+// maxParticipant bounds a reply's participant name (the schema's maxLength).
+const maxParticipant = 200
+
+// upcastReply lifts a reply of version v to SchemaVersion. Version 1 does
+// not name who answered; every participant that wrote version 1 was the
+// order saga's, named like its step (inventory, payment, shipping).
+func upcastReply(v int, r *Reply) {
+	if v < 2 {
+		r.Participant = r.Step
+	}
+}
+
+// NewReply builds the outbox message with which participant answers cmd
+// (the message that carried it is causation): on the command's reply_to
+// topic, or on topic (the participant's configured replies topic) when the
+// command names none.
+func NewReply(participant, topic string, cmd Command, causation string, outcome Outcome, reason string) (outbox.Message, error) {
+	payload, err := json.Marshal(Reply{SagaID: cmd.SagaID, Step: cmd.Step, Kind: cmd.Kind, Attempt: cmd.Attempt, Outcome: outcome, Reason: reason, Participant: participant})
 	if err != nil {
 		return outbox.Message{}, fmt.Errorf("encode reply of saga %s: %w", cmd.SagaID, err)
+	}
+	if cmd.ReplyTo != "" {
+		topic = cmd.ReplyTo
 	}
 	return outbox.Message{
 		Topic:         topic,
@@ -128,21 +182,6 @@ func NewReply(topic string, cmd Command, causation string, outcome Outcome, reas
 		CorrelationID: cmd.SagaID.String(),
 		CausationID:   causation,
 	}, nil
-}
-
-func checkVersion(msg *message.Message) error {
-	v := msg.Metadata.Get(outbox.HeaderSchemaVersion)
-	if v == "" {
-		return outbox.Permanent(fmt.Errorf("message %s has no %s header", msg.UUID, outbox.HeaderSchemaVersion))
-	}
-	n, err := strconv.Atoi(v)
-	if err != nil || n < 1 {
-		return outbox.Permanent(fmt.Errorf("message %s: bad schema version %q", msg.UUID, v))
-	}
-	if n > SchemaVersion {
-		return outbox.Permanent(fmt.Errorf("message %s has schema version %d, this build understands up to %d", msg.UUID, n, SchemaVersion))
-	}
-	return nil
 }
 
 func truncate(b []byte) string {

@@ -48,7 +48,7 @@ func FuzzDecodeCommand(f *testing.F) {
 	for _, s := range []struct{ payload, typ, version string }{
 		{`{"saga_id":"` + fuzzSagaID + `","saga_type":"order","step":"inventory","kind":"action","attempt":1,"data":` + fuzzOrderData + `}`, "inventory.reserve", "1"},
 		{`{"saga_id":"` + fuzzSagaID + `","saga_type":"order","step":"payment","kind":"compensation","attempt":3,"data":{}}`, "payment.refund", "1"},
-		{`{"saga_id":"` + fuzzSagaID + `","step":"inventory","kind":"action","attempt":1,"data":{}}`, "inventory.reserve", "2"},
+		{`{"saga_id":"` + fuzzSagaID + `","step":"inventory","kind":"action","attempt":1,"data":{}}`, "inventory.reserve", "3"},
 		{`{"saga_id":"` + fuzzSagaID + `","step":"inventory\u0000","kind":"action","attempt":1,"data":{}}`, "inventory.reserve", "1"},
 		{`{"saga_id":"` + fuzzSagaID + `","step":"inventory","kind":"undo","attempt":0}`, "inventory.reserve", "1"},
 		{`{"saga_id":"00000000-0000-0000-0000-000000000000","step":"x","kind":"action","attempt":1}`, "", "1"},
@@ -91,7 +91,7 @@ func FuzzDecodeReply(f *testing.F) {
 		{`{"saga_id":"` + fuzzSagaID + `","step":"payment","kind":"action","attempt":2,"outcome":"refused","reason":"card declined"}`, saga.ReplyType, "1"},
 		{`{"saga_id":"` + fuzzSagaID + `","step":"payment","kind":"action","attempt":2,"outcome":"refused","reason":"x\u0000y"}`, saga.ReplyType, "1"},
 		{`{"saga_id":"` + fuzzSagaID + `","step":"shipping\u0000","kind":"compensation","attempt":1,"outcome":"succeeded"}`, saga.ReplyType, "1"},
-		{`{"saga_id":"` + fuzzSagaID + `","step":"inventory","kind":"action","attempt":1,"outcome":"succeeded"}`, saga.ReplyType, "2"},
+		{`{"saga_id":"` + fuzzSagaID + `","step":"inventory","kind":"action","attempt":1,"outcome":"succeeded"}`, saga.ReplyType, "3"},
 		{`{"saga_id":"` + fuzzSagaID + `","step":"inventory","kind":"action","attempt":1,"outcome":"maybe"}`, saga.ReplyType, "1"},
 		{`{"saga_id":"` + fuzzSagaID + `","step":"inventory","kind":"action","attempt":1,"outcome":"succeeded"}`, "inventory.reserve", "1"},
 		{`{"saga_id":"` + fuzzSagaID + `","step":"inventory","kind":"action","attempt":-1,"outcome":"succeeded"}`, saga.ReplyType, "01"},

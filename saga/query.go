@@ -26,7 +26,10 @@ type HistoryEntry struct {
 	Event     string     `json:"event"`
 	Reason    string     `json:"reason,omitempty"`
 	MessageID *uuid.UUID `json:"message_id,omitempty"`
-	At        time.Time  `json:"at"`
+	// Participant names who sent the reply a line records (replies of
+	// schema version 2 name it; version 1 ones are upcast).
+	Participant string    `json:"participant,omitempty"`
+	At          time.Time `json:"at"`
 }
 
 // Get returns saga id, or an error wrapping ErrNotFound.
@@ -69,7 +72,7 @@ func History(ctx context.Context, q Querier, id uuid.UUID) ([]HistoryEntry, erro
 	}
 	h, err := pgx.CollectRows(rows, func(r pgx.CollectableRow) (HistoryEntry, error) {
 		var e HistoryEntry
-		err := r.Scan(&e.Seq, &e.Step, &e.Kind, &e.Attempt, &e.Event, &e.Reason, &e.MessageID, &e.At)
+		err := r.Scan(&e.Seq, &e.Step, &e.Kind, &e.Attempt, &e.Event, &e.Reason, &e.MessageID, &e.Participant, &e.At)
 		return e, err
 	})
 	if err != nil {
@@ -165,7 +168,7 @@ func HistoryPage(ctx context.Context, q Querier, id uuid.UUID, afterSeq int64, l
 	}
 	h, err := pgx.CollectRows(rows, func(r pgx.CollectableRow) (HistoryEntry, error) {
 		var e HistoryEntry
-		err := r.Scan(&e.Seq, &e.Step, &e.Kind, &e.Attempt, &e.Event, &e.Reason, &e.MessageID, &e.At)
+		err := r.Scan(&e.Seq, &e.Step, &e.Kind, &e.Attempt, &e.Event, &e.Reason, &e.MessageID, &e.Participant, &e.At)
 		return e, err
 	})
 	if err != nil {

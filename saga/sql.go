@@ -29,10 +29,10 @@ SET state = $2, step = $3, attempt = $4, completed = $5, reason = NULLIF($6, '')
 WHERE id = $1`
 
 	// sqlInsertHistoryMany inserts history lines in the order given.
-	sqlInsertHistoryMany = `INSERT INTO saga.history (saga_id, step, kind, attempt, event, reason, message_id)
-SELECT h.id, h.step, h.kind, h.attempt, h.event, NULLIF(h.reason, ''), h.message_id
-FROM unnest($1::uuid[], $2::text[], $3::text[], $4::int[], $5::text[], $6::text[], $7::uuid[])
-	WITH ORDINALITY AS h(id, step, kind, attempt, event, reason, message_id, ord)
+	sqlInsertHistoryMany = `INSERT INTO saga.history (saga_id, step, kind, attempt, event, reason, message_id, participant)
+SELECT h.id, h.step, h.kind, h.attempt, h.event, NULLIF(h.reason, ''), h.message_id, NULLIF(h.participant, '')
+FROM unnest($1::uuid[], $2::text[], $3::text[], $4::int[], $5::text[], $6::text[], $7::uuid[], $8::text[])
+	WITH ORDINALITY AS h(id, step, kind, attempt, event, reason, message_id, participant, ord)
 ORDER BY h.ord`
 
 	// sqlOverdue claims overdue sagas of the types $1 (the engine's own:
@@ -55,7 +55,7 @@ FOR UPDATE SKIP LOCKED`
 	created_at, updated_at, ended_at
 FROM saga.instances WHERE id = $1`
 
-	sqlHistory = `SELECT seq, step, kind, attempt, event, COALESCE(reason, ''), message_id, at
+	sqlHistory = `SELECT seq, step, kind, attempt, event, COALESCE(reason, ''), message_id, COALESCE(participant, ''), at
 FROM saga.history WHERE saga_id = $1 ORDER BY seq`
 
 	// sqlSearch pages through sagas newest first (ids below $7) with the
@@ -80,7 +80,7 @@ ORDER BY id
 LIMIT $8`
 
 	// sqlHistoryPage is a page of a saga's history after seq $2.
-	sqlHistoryPage = `SELECT seq, step, kind, attempt, event, COALESCE(reason, ''), message_id, at
+	sqlHistoryPage = `SELECT seq, step, kind, attempt, event, COALESCE(reason, ''), message_id, COALESCE(participant, ''), at
 FROM saga.history WHERE saga_id = $1 AND seq > $2 ORDER BY seq LIMIT $3`
 
 	sqlHistoryCount = `SELECT count(*) FROM saga.history WHERE saga_id = $1`

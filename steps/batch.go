@@ -131,7 +131,7 @@ func (ab actionBatch) HandleBatch(ctx context.Context, tx pgx.Tx, items []any) e
 	}
 	replies := make([]outbox.Message, len(acts))
 	for i, a := range acts {
-		if replies[i], err = saga.NewReply(p.cfg.Topics.SagaReplies, a.cmd, a.msgID, outcomes[i], reasons[i]); err != nil {
+		if replies[i], err = saga.NewReply(p.Name(), p.cfg.Topics.SagaReplies, a.cmd, a.msgID, outcomes[i], reasons[i]); err != nil {
 			return err
 		}
 		replies[i] = outbox.Traced(a.ctx, replies[i])

@@ -211,7 +211,7 @@ func (e *env) replies(p *steps.Participant, sagaID uuid.UUID) []saga.Reply {
 
 // reply is the expected content of a reply of saga s.
 func reply(s uuid.UUID, step string, kind saga.Kind, attempt int, outcome saga.Outcome, reason string) saga.Reply {
-	return saga.Reply{SagaID: s, Step: step, Kind: kind, Attempt: attempt, Outcome: outcome, Reason: reason}
+	return saga.Reply{SagaID: s, Step: step, Kind: kind, Attempt: attempt, Outcome: outcome, Reason: reason, Participant: step}
 }
 
 // wantReplies asserts p's replies for sagaID.

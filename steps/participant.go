@@ -311,7 +311,7 @@ func (p *Participant) Handle(ctx context.Context, tx pgx.Tx, msg *message.Messag
 	if err != nil {
 		return fmt.Errorf("%s %s of saga %s: %w", p.name, cmd.Kind, cmd.SagaID, err)
 	}
-	reply, err := saga.NewReply(p.cfg.Topics.SagaReplies, cmd, msg.UUID, outcome, reason)
+	reply, err := saga.NewReply(p.Name(), p.cfg.Topics.SagaReplies, cmd, msg.UUID, outcome, reason)
 	if err != nil {
 		return err
 	}

@@ -1,14 +1,20 @@
 package steps_test
 
 import (
+	"encoding/json"
 	"fmt"
+	"strconv"
+	"strings"
 	"sync"
 	"testing"
 
 	"github.com/ThreeDotsLabs/watermill/message"
 	"github.com/google/uuid"
+	"github.com/jackc/pgx/v5"
 
+	"github.com/sagaflow/sagaflow/contract"
 	"github.com/sagaflow/sagaflow/order"
+	"github.com/sagaflow/sagaflow/outbox"
 	"github.com/sagaflow/sagaflow/saga"
 	"github.com/sagaflow/sagaflow/steps"
 )
@@ -457,4 +463,55 @@ func TestRefusalUndoesPartialEffect(t *testing.T) {
 	e.wantStock(map[string]int{"A": 10, "B": 5})
 	e.wantStatus(p, s, "refused", "refused halfway")
 	e.wantReplies(p, s, reply(s, p.Name(), saga.KindAction, 1, saga.Refused, "refused halfway"))
+}
+
+// A command of schema version 2 names the topic to answer on (reply_to):
+// the reply goes there, in version 2, naming the participant. A version 1
+// command names none (one that does is not trusted), and the reply goes to
+// the configured replies topic.
+func TestReplyGoesWhereTheCommandSays(t *testing.T) {
+	t.Parallel()
+	for _, tc := range []struct {
+		name, version, replyTo, want string
+	}{
+		{"version 2 with reply_to", "2", "elsewhere.replies", "elsewhere.replies"},
+		{"version 2 without", "2", "", ""},
+		{"version 1", "1", "", ""},
+		{"version 1 naming one", "1", "elsewhere.replies", ""},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			e := setup(t)
+			p := e.participant(order.StepPayment, nil)
+			s := newSaga()
+			msg := command(t, p, saga.KindAction, s, 1, newOrder())
+			var c map[string]any
+			if err := json.Unmarshal(msg.Payload, &c); err != nil {
+				t.Fatal(err)
+			}
+			if tc.replyTo != "" {
+				c["reply_to"] = tc.replyTo
+			}
+			msg.Payload, _ = json.Marshal(c)
+			msg.Metadata.Set(outbox.HeaderSchemaVersion, tc.version)
+			e.mustDeliver(p, msg)
+			want := tc.want
+			if want == "" {
+				want = e.topics.SagaReplies
+			}
+			var topic, version string
+			var payload []byte
+			err := e.db.Pool.QueryRow(e.ctx, `SELECT topic, headers->>'schema_version', payload FROM `+
+				pgx.Identifier{p.Schema(), "outbox"}.Sanitize()+` WHERE key = $1`, s.String()).Scan(&topic, &version, &payload)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if topic != want || version != strconv.Itoa(saga.SchemaVersion) {
+				t.Errorf("reply on %s in version %s, want %s in %d", topic, version, want, saga.SchemaVersion)
+			}
+			if err := contract.Validate(saga.ReplyType, saga.SchemaVersion, payload); err != nil || !strings.Contains(string(payload), `"participant":"payment"`) {
+				t.Errorf("reply %s: %v", payload, err)
+			}
+		})
+	}
 }

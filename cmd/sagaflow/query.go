@@ -98,13 +98,13 @@ func runStatus(ctx context.Context, args []string, stdout io.Writer) error {
 	fmt.Fprintln(stdout)
 	fmt.Fprintln(stdout)
 	tw := tabwriter.NewWriter(stdout, 0, 4, 2, ' ', 0)
-	fmt.Fprintln(tw, "TIME\tSTEP\tKIND\tATTEMPT\tEVENT\tDETAIL")
+	fmt.Fprintln(tw, "TIME\tSTEP\tKIND\tATTEMPT\tEVENT\tBY\tDETAIL")
 	for _, h := range hist {
 		attempt := ""
 		if h.Attempt > 0 {
 			attempt = fmt.Sprint(h.Attempt)
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\n", h.At.Format("15:04:05.000"), h.Step, h.Kind, attempt, h.Event, h.Reason)
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\n", h.At.Format("15:04:05.000"), h.Step, h.Kind, attempt, h.Event, h.Participant, h.Reason)
 	}
 	return tw.Flush()
 }
