@@ -18,18 +18,15 @@ import (
 	"testing"
 	"time"
 
-	"github.com/ThreeDotsLabs/watermill"
 	"github.com/ThreeDotsLabs/watermill-kafka/v3/pkg/kafka"
 	"github.com/google/uuid"
 
 	"github.com/sagaflow/sagaflow/contract"
-	"github.com/sagaflow/sagaflow/internal/roles"
 	"github.com/sagaflow/sagaflow/internal/stacktest"
 	"github.com/sagaflow/sagaflow/internal/testenv"
 	"github.com/sagaflow/sagaflow/outbox"
 	"github.com/sagaflow/sagaflow/registry"
 	"github.com/sagaflow/sagaflow/saga"
-	"github.com/sagaflow/sagaflow/steps"
 )
 
 // javaConsumer returns the script that runs contract/testdata/java's
@@ -149,18 +146,9 @@ func TestJavaConsumerReadsWireFormat(t *testing.T) {
 			t.Errorf("id %d that the Confluent-compatible API gave for %s is no contentId of the subject's versions", ids[topic], registry.Subject(topic))
 		}
 	}
-	if err := steps.SeedStock(ctx, db.Pool, map[string]int{"sku-1": 100}); err != nil {
-		t.Fatal(err)
-	}
-	stack := stacktest.Start(t, roles.Config{Pool: db.Pool, Kafka: kafkaCfg, Topics: topics, Roles: []string{roles.All},
-		AllowInjection: true, SweepInterval: 50 * time.Millisecond, SchemaIDs: ids})
+	stack, sub := startWire(ctx, t, db, kafkaCfg, topics, ids)
 
 	// Go reads every record too, by its place in the log.
-	sub, err := kafkaCfg.NewSubscriber(testenv.Name(t, "raw"), watermill.NopLogger{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer sub.Close()
 	var mu sync.Mutex
 	seen := map[string]wireRecord{}
 	for _, topic := range names {

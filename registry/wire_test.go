@@ -10,12 +10,14 @@ import (
 	"time"
 
 	"github.com/ThreeDotsLabs/watermill"
+	"github.com/ThreeDotsLabs/watermill/message"
 	"github.com/google/uuid"
 
 	"github.com/sagaflow/sagaflow/contract"
 	"github.com/sagaflow/sagaflow/internal/roles"
 	"github.com/sagaflow/sagaflow/internal/stacktest"
 	"github.com/sagaflow/sagaflow/internal/testenv"
+	"github.com/sagaflow/sagaflow/kafkax"
 	"github.com/sagaflow/sagaflow/outbox"
 	"github.com/sagaflow/sagaflow/registry"
 	"github.com/sagaflow/sagaflow/saga"
@@ -43,17 +45,7 @@ func TestSagasInWireFormat(t *testing.T) {
 	for _, r := range regs {
 		ids[r.Topic] = r.ID
 	}
-	if err := steps.SeedStock(ctx, db.Pool, map[string]int{"sku-1": 100}); err != nil {
-		t.Fatal(err)
-	}
-	stack := stacktest.Start(t, roles.Config{Pool: db.Pool, Kafka: kafka, Topics: topics, Roles: []string{roles.All},
-		AllowInjection: true, SweepInterval: 50 * time.Millisecond, SchemaIDs: ids})
-
-	sub, err := kafka.NewSubscriber(testenv.Name(t, "raw"), watermill.NopLogger{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer sub.Close()
+	stack, sub := startWire(ctx, t, db, kafka, topics, ids)
 	var mu sync.Mutex
 	framed := map[string]int{}
 	for _, ts := range contract.TopicSchemas(topics) {
@@ -124,6 +116,24 @@ func TestSagasInWireFormat(t *testing.T) {
 	if ja, _ := json.Marshal(a); !bytes.Equal(ja, mustJSON(b)) {
 		t.Errorf("schema %d in the registry is not the newest saga-reply:\n%s", ids[topics.SagaReplies], got)
 	}
+}
+
+// startWire starts a whole stack that sends in the wire format with the
+// schema ids ids, and a subscriber (closed when t ends) to read its topics
+// raw.
+func startWire(ctx context.Context, t *testing.T, db *testenv.Database, kafka kafkax.Config, topics kafkax.Topics, ids map[string]int) (*roles.Stack, message.Subscriber) {
+	t.Helper()
+	if err := steps.SeedStock(ctx, db.Pool, map[string]int{"sku-1": 100}); err != nil {
+		t.Fatal(err)
+	}
+	stack := stacktest.Start(t, roles.Config{Pool: db.Pool, Kafka: kafka, Topics: topics, Roles: []string{roles.All},
+		AllowInjection: true, SweepInterval: 50 * time.Millisecond, SchemaIDs: ids})
+	sub, err := kafka.NewSubscriber(testenv.Name(t, "raw"), watermill.NopLogger{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = sub.Close() })
+	return stack, sub
 }
 
 func mustJSON(v any) []byte {
