@@ -9,9 +9,6 @@ import (
 	"net"
 	"net/http"
 	"net/url"
-	"os"
-	"os/exec"
-	"path/filepath"
 	"strings"
 	"sync"
 	"testing"
@@ -24,6 +21,7 @@ import (
 
 	"github.com/sagaflow/sagaflow/api"
 	"github.com/sagaflow/sagaflow/deadletter"
+	"github.com/sagaflow/sagaflow/internal/browsertest"
 	"github.com/sagaflow/sagaflow/internal/roles"
 	"github.com/sagaflow/sagaflow/internal/testenv"
 	"github.com/sagaflow/sagaflow/kafkax"
@@ -48,33 +46,12 @@ type env struct {
 	base   string
 	// browser is a tab of the test's Chromium.
 	browser context.Context
-	shots   string
-}
-
-// chromium is the browser the tests drive: Debian's chromium
-// (scripts/chromium installs it; make test sets SAGAFLOW_REQUIRE_BROWSER,
-// and then a missing browser fails the test instead of skipping it).
-func chromium(t *testing.T) string {
-	t.Helper()
-	for _, p := range []string{os.Getenv("SAGAFLOW_CHROMIUM"), "/usr/bin/chromium", "/usr/bin/chromium-browser"} {
-		if p == "" {
-			continue
-		}
-		if _, err := exec.LookPath(p); err == nil {
-			return p
-		}
-	}
-	if os.Getenv("SAGAFLOW_REQUIRE_BROWSER") != "" {
-		t.Fatal("no Chromium at /usr/bin/chromium: run scripts/chromium (make test does)")
-	}
-	t.Skip("no Chromium here (scripts/chromium installs Debian's); make test runs these tests")
-	return ""
 }
 
 func setup(t *testing.T, tweak func(*roles.Config)) *env {
 	t.Helper()
 	e := &env{t: t, db: testenv.DB(t), kafka: testenv.Kafka(t), topics: kafkax.PrefixedTopics(testenv.Name(t, "ui") + ".")}
-	path := chromium(t)
+	browsertest.Path(t)
 	ctx := context.Background()
 	if err := steps.SeedStock(ctx, e.db.Pool, map[string]int{"sku-1": 1000}); err != nil {
 		t.Fatal(err)
@@ -94,23 +71,7 @@ func setup(t *testing.T, tweak func(*roles.Config)) *env {
 	}
 	addr, _ := e.start(e.cfg)
 	e.base = "http://" + addr
-	e.shots = os.Getenv("SAGAFLOW_SCREENSHOTS")
-	if e.shots == "" {
-		e.shots = filepath.Join(os.TempDir(), "sagaflow-screenshots")
-	}
-	if err := os.MkdirAll(e.shots, 0o755); err != nil {
-		t.Fatal(err)
-	}
-	alloc, cancelAlloc := chromedp.NewExecAllocator(ctx, append(chromedp.DefaultExecAllocatorOptions[:],
-		chromedp.ExecPath(path), chromedp.NoSandbox, chromedp.DisableGPU, chromedp.UserDataDir(t.TempDir()),
-		chromedp.Flag("disable-quic", true), chromedp.Flag("disable-component-update", true),
-		chromedp.WindowSize(1360, 900))...)
-	browser, cancelBrowser := chromedp.NewContext(alloc)
-	t.Cleanup(func() { cancelBrowser(); cancelAlloc() })
-	if err := chromedp.Do(browser); err != nil { // starts the browser
-		t.Fatalf("start Chromium: %v", err)
-	}
-	e.browser = browser
+	e.browser = browsertest.Start(t)
 	return e
 }
 
@@ -197,17 +158,7 @@ func (e *env) eval(expr string) string {
 // shot saves a screenshot of the page as name.png.
 func (e *env) shot(name string) {
 	e.t.Helper()
-	ctx, cancel := context.WithTimeout(e.browser, 30*time.Second)
-	defer cancel()
-	png, err := chromedp.Run(ctx, chromedp.FullScreenshot(100))
-	if err != nil {
-		e.t.Fatalf("screenshot %s: %v", name, err)
-	}
-	path := filepath.Join(e.shots, name+".png")
-	if err := os.WriteFile(path, png, 0o644); err != nil {
-		e.t.Fatal(err)
-	}
-	e.t.Logf("screenshot %s", path)
+	browsertest.Shot(e.t, e.browser, name)
 }
 
 // open loads a console page and waits for its heading.
@@ -361,6 +312,10 @@ func TestConsoleFindRetryDeadLetters(t *testing.T) {
 	e.open("/ui/sagas/" + stuck.String())
 	if n := e.count("#timeline circle.mark.operator"); n != 1 {
 		t.Fatalf("the timeline shows %d operator actions, want the retry", n)
+	}
+	// Who answered: the participants' replies name them (schema version 2).
+	if by := e.eval(`[...document.querySelectorAll("#history tbody tr")].filter(r => r.cells[5].textContent == "succeeded").map(r => r.cells[7].textContent).join(",")`); by != "inventory,inventory" {
+		t.Errorf("the history's answers were given by %q, want inventory's action and compensation", by)
 	}
 	e.shot("saga-retried")
 	e.audited(stuck, saga.EventOperatorRetry, "operator ops: inventory is answering again")

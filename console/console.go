@@ -30,6 +30,7 @@ import (
 
 	"github.com/sagaflow/sagaflow/api"
 	"github.com/sagaflow/sagaflow/deadletter"
+	"github.com/sagaflow/sagaflow/jaeger"
 	"github.com/sagaflow/sagaflow/kafkax"
 	"github.com/sagaflow/sagaflow/saga"
 )
@@ -64,6 +65,9 @@ type Config struct {
 	// TraceURL, when set, links a saga's page to its trace: the URL with
 	// {trace_id} replaced (Jaeger: http://HOST:16686/trace/{trace_id}).
 	TraceURL string
+	// Traces, when set, is the Jaeger whose query API the console reads a
+	// saga's trace from, to draw it (GET /sagas/{id}/trace).
+	Traces *jaeger.Client
 	// SessionTTL is how long a sign-in lasts (default DefaultSessionTTL).
 	SessionTTL time.Duration
 	Logger     *slog.Logger
@@ -99,6 +103,16 @@ func New(cfg Config) (http.Handler, error) {
 		"ms":    func(d time.Duration) string { return fmt.Sprintf("%.0f ms", float64(d)/float64(time.Millisecond)) },
 		"when":  func(t time.Time) string { return t.UTC().Format("2006-01-02 15:04:05.000") },
 		"short": func(s string) string { return shorten(s, 12) },
+		// dur is a span's duration: to the 0.01 ms below a millisecond.
+		"dur": func(d time.Duration) string {
+			if d < time.Millisecond {
+				return fmt.Sprintf("%.2f ms", float64(d)/float64(time.Millisecond))
+			}
+			return fmt.Sprintf("%.1f ms", float64(d)/float64(time.Millisecond))
+		},
+		"since": func(from, to time.Time) string { return to.Sub(from).Round(time.Millisecond).String() },
+		"mod":   func(i, n int) int { return i % n },
+		"depth": func(d int) int { return min(d, 8) },
 	}
 	names, err := fs.Glob(templateFiles, "templates/*.html")
 	if err != nil {
@@ -123,6 +137,7 @@ func New(cfg Config) (http.Handler, error) {
 	mux.HandleFunc("GET /{$}", s.page(s.overview))
 	mux.HandleFunc("GET /sagas", s.page(s.sagas))
 	mux.HandleFunc("GET /sagas/{id}", s.page(s.saga))
+	mux.HandleFunc("GET /sagas/{id}/trace", s.page(s.trace))
 	mux.HandleFunc("GET /sagas/{id}/{action}", s.page(s.confirmSaga))
 	mux.HandleFunc("POST /sagas/{id}/{action}", s.page(s.actSaga))
 	mux.HandleFunc("GET /batch/{action}", s.page(s.confirmBatch))

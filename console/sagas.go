@@ -131,8 +131,10 @@ type sagaData struct {
 	DeadLetters []deadletter.DeadLetter
 	Actions     []string
 	// TraceID is the saga's trace (tracing on); TraceLink its page in the
-	// trace backend (Config.TraceURL).
+	// trace backend (Config.TraceURL); TraceDrawn says the console draws it
+	// (Config.Traces).
 	TraceID, TraceLink string
+	TraceDrawn         bool
 }
 
 // actionsFor lists the actions a saga in state st allows.
@@ -190,6 +192,7 @@ func (s *server) saga(_ http.ResponseWriter, r *http.Request) (string, view, err
 	if d.TraceID != "" && s.cfg.TraceURL != "" {
 		d.TraceLink = strings.ReplaceAll(s.cfg.TraceURL, "{trace_id}", d.TraceID)
 	}
+	d.TraceDrawn = d.TraceID != "" && s.cfg.Traces != nil
 	if s.cfg.DeadLetters != nil {
 		if d.DeadLetters, err = s.cfg.DeadLetters.List(ctx, deadletter.Filter{SagaID: id}, 50); err != nil {
 			return "", view{}, err

@@ -213,7 +213,8 @@ func (e *Engine) start(ctx context.Context, w *writes, sagaType string, id uuid.
 	if telemetry.Enabled() {
 		var span trace.Span
 		ctx, span = telemetry.Tracer().Start(ctx, "start saga "+sagaType,
-			trace.WithAttributes(telemetry.AttrSagaID.String(id.String()), telemetry.AttrSagaType.String(sagaType)))
+			trace.WithAttributes(telemetry.AttrSagaID.String(id.String()), telemetry.AttrSagaType.String(sagaType),
+				telemetry.AttrSagaStep.String(def.Steps[0].Name)))
 		defer span.End()
 		w.trace = ctx
 		defer func() { w.trace = nil }()
@@ -296,6 +297,9 @@ func (e *Engine) apply(ctx context.Context, tx pgx.Tx, w *writes, r Reply, msgID
 
 // move moves saga in (locked) as reply r says, gathering its writes in w.
 func (e *Engine) move(w *writes, in *Instance, r Reply, msgID uuid.UUID) error {
+	if w.trace != nil {
+		traceReply(w.trace, r)
+	}
 	def, ok := e.defs[in.Type]
 	if !ok {
 		return fmt.Errorf("saga %s has type %q, which this orchestrator does not run", in.ID, in.Type)

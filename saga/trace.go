@@ -35,11 +35,23 @@ func traceEvent(ctx context.Context, id uuid.UUID, step string, kind Kind, attem
 	}
 	span.AddEvent(event, trace.WithAttributes(attrs...))
 	span.SetAttributes(telemetry.AttrSagaID.String(id.String()))
-	if step != "" {
-		span.SetAttributes(telemetry.AttrSagaStep.String(step))
-	}
 	if outcomes[event] {
 		span.SetAttributes(telemetry.AttrSagaOutcome.String(event))
+	}
+}
+
+// traceReply marks the span of ctx (a reply's consumer span) with the
+// step, kind and attempt the reply answers: the message's, not those of
+// the command the answer causes, which are the events'.
+func traceReply(ctx context.Context, r Reply) {
+	span := trace.SpanFromContext(ctx)
+	if !span.IsRecording() {
+		return
+	}
+	span.SetAttributes(telemetry.AttrSagaStep.String(r.Step), attribute.String("saga.kind", string(r.Kind)),
+		telemetry.AttrSagaAttempt.Int(r.Attempt))
+	if r.Participant != "" {
+		span.SetAttributes(attribute.String("saga.participant", r.Participant))
 	}
 }
 

@@ -15,8 +15,10 @@ import (
 	"testing"
 	"time"
 
+	"github.com/chromedp/chromedp"
 	"github.com/google/uuid"
 
+	"github.com/sagaflow/sagaflow/internal/browsertest"
 	"github.com/sagaflow/sagaflow/internal/testenv"
 	"github.com/sagaflow/sagaflow/kafkax"
 	"github.com/sagaflow/sagaflow/saga"
@@ -85,7 +87,7 @@ func TestTraceInJaeger(t *testing.T) {
 	logs := t.TempDir()
 	for _, role := range []string{"api", "orchestrator", "inventory,payment,shipping", "relay"} {
 		cmd := exec.Command(bin, "serve", "--role", role, "--database-url", db.URL, "--kafka-brokers", strings.Join(kafka.Brokers, ","),
-			"--topic-prefix", prefix, "--http", apiAddr, "--allow-fault-injection", "--step-timeout", "30s")
+			"--topic-prefix", prefix, "--http", apiAddr, "--allow-fault-injection", "--step-timeout", "30s", "--trace-query", query)
 		cmd.Env = append(os.Environ(), "OTEL_EXPORTER_OTLP_ENDPOINT="+otlp, "OTEL_EXPORTER_OTLP_PROTOCOL=http/protobuf",
 			"OTEL_BSP_SCHEDULE_DELAY=100")
 		logFile, err := os.Create(filepath.Join(logs, strings.ReplaceAll(role, ",", "-")+".log"))
@@ -227,6 +229,51 @@ func TestTraceInJaeger(t *testing.T) {
 		t.Errorf("%d root spans, want the request's alone", roots)
 	}
 	t.Logf("Jaeger trace %s: %d spans from %v", traceID, len(names), services)
+
+	// The console (the api process's, told where Jaeger's query API is)
+	// draws the same trace, as a person sees it in a browser.
+	tab := browsertest.Start(t)
+	ctx2, cancel2 := context.WithTimeout(tab, time.Minute)
+	defer cancel2()
+	page := "http://" + apiAddr + "/ui/sagas/" + sagaID.String()
+	if err := chromedp.Do(ctx2, chromedp.Navigate(page), chromedp.WaitVisible("#saga-trace-drawn")); err != nil {
+		t.Fatalf("the saga's console page: %v", err)
+	}
+	link, err := chromedp.Run(ctx2, chromedp.Evaluate[string](`document.querySelector("#saga-trace-drawn").getAttribute("href")`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if link != "/ui/sagas/"+sagaID.String()+"/trace" {
+		t.Errorf("the saga page links its trace drawing to %q", link)
+	}
+	if err := chromedp.Do(ctx2, chromedp.Navigate(page+"/trace"), chromedp.WaitVisible("#waterfall svg")); err != nil {
+		t.Fatalf("the console's trace page: %v", err)
+	}
+	legend, err := chromedp.Run(ctx2, chromedp.Text(chromedp.CSS("#trace-services")))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, svc := range services {
+		if !strings.Contains(legend, svc) {
+			t.Errorf("the trace page's legend %q lacks service %s", legend, svc)
+		}
+	}
+	rows, err := chromedp.Run(ctx2, chromedp.Evaluate[[]string](`[...document.querySelectorAll("#trace-table tbody tr td:first-child")].map(td => td.textContent)`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(rows) < len(names) {
+		t.Errorf("the trace page lists %d spans, Jaeger holds %d", len(rows), len(names))
+	}
+	for _, w := range want {
+		if !slices.Contains(rows, w) {
+			t.Errorf("the trace page lists no span %q: %v", w, rows)
+		}
+	}
+	if rows[0] != "POST /orders" {
+		t.Errorf("the trace page's first span is %q, want the request's", rows[0])
+	}
+	browsertest.Shot(t, tab, "trace-compensated")
 	if out := os.Getenv("SAGAFLOW_TRACE_OUT"); out != "" {
 		b, _ := json.MarshalIndent(tr, "", "  ")
 		_ = os.WriteFile(out, b, 0o644)

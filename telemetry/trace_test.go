@@ -153,11 +153,16 @@ func TestOneTracePerSaga(t *testing.T) {
 		inject  map[string]string
 		outcome string
 		want    []string
+		// replies lists the step each reply the orchestrator processed
+		// answers (its span's saga.step), and its kind.
+		replies []string
 	}{
 		{"completed", nil, saga.EventCompleted,
-			slices.Concat(root, step(e.topics.InventoryCommands), step(e.topics.PaymentCommands), step(e.topics.ShippingCommands))},
+			slices.Concat(root, step(e.topics.InventoryCommands), step(e.topics.PaymentCommands), step(e.topics.ShippingCommands)),
+			[]string{"inventory action", "payment action", "shipping action"}},
 		{"compensated", map[string]string{"payment": "refuse"}, saga.EventCompensated,
-			slices.Concat(root, step(e.topics.InventoryCommands), step(e.topics.PaymentCommands), step(e.topics.InventoryCommands))},
+			slices.Concat(root, step(e.topics.InventoryCommands), step(e.topics.PaymentCommands), step(e.topics.InventoryCommands)),
+			[]string{"inventory action", "payment action", "inventory compensation"}},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
@@ -185,6 +190,18 @@ func TestOneTracePerSaga(t *testing.T) {
 				if s.SpanKind == trace.SpanKindConsumer && attr(s, "messaging.consumer.group.name") == "" {
 					t.Errorf("consumer span %s names no consumer group", s.Name)
 				}
+			}
+			var replies []string
+			for _, s := range chain {
+				if s.SpanKind == trace.SpanKindConsumer && s.Name == "process "+e.topics.SagaReplies {
+					replies = append(replies, attr(s, "saga.step")+" "+attr(s, "saga.kind"))
+					if attr(s, "saga.participant") != attr(s, "saga.step") {
+						t.Errorf("reply span of step %s names participant %q", attr(s, "saga.step"), attr(s, "saga.participant"))
+					}
+				}
+			}
+			if !slices.Equal(replies, tc.replies) {
+				t.Errorf("the replies' spans are of steps %v, want %v", replies, tc.replies)
 			}
 			last := chain[len(chain)-1]
 			if attr(last, "saga.outcome") != tc.outcome {

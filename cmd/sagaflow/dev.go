@@ -104,7 +104,7 @@ func runDev(ctx context.Context, args []string, stdout io.Writer) error {
 		Pool: pool, Kafka: kcfg, Topics: kafkax.DefaultTopics(), Roles: []string{roles.All}, HTTPAddr: *httpAddr,
 		Saga: sf.config(), DeliveryStallAfter: sf.stallAfter, AllowInjection: true, Crash: crash, OutboxMode: mode,
 		APIPool: apiPool, OperatorTokens: tokens, MaxInFlight: af.maxInFlight, MaxSagasInFlight: af.maxSagasInFlight,
-		TraceURL: env("SAGAFLOW_TRACE_URL", ""),
+		TraceURL: env("SAGAFLOW_TRACE_URL", ""), TraceQuery: env("SAGAFLOW_TRACE_QUERY", ""),
 	})
 	if err != nil {
 		return err

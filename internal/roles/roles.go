@@ -24,6 +24,7 @@ import (
 	"github.com/sagaflow/sagaflow/api"
 	"github.com/sagaflow/sagaflow/console"
 	"github.com/sagaflow/sagaflow/deadletter"
+	"github.com/sagaflow/sagaflow/jaeger"
 	"github.com/sagaflow/sagaflow/kafkax"
 	"github.com/sagaflow/sagaflow/order"
 	"github.com/sagaflow/sagaflow/outbox"
@@ -109,6 +110,9 @@ type Config struct {
 	// TraceURL links the console's saga pages to their traces (a URL with
 	// {trace_id}).
 	TraceURL string
+	// TraceQuery is Jaeger's query API (http://HOST:16686): the console
+	// draws each saga's trace from it. Empty: it does not.
+	TraceQuery string
 	// SchemaIDs, when set, are the schema registry's ids of each topic's
 	// schema: the relay sends in the Confluent wire format (see
 	// outbox.RelayConfig.SchemaIDs). Consumers read both formats anyway.
@@ -337,10 +341,14 @@ func (s *Stack) Run(ctx context.Context) error {
 		deadLetters := deadletter.NewStore(pool)
 		replayer := deadletter.NewReplayer(deadLetters, replayPub)
 		kafka := cfg.Kafka
+		var traces *jaeger.Client
+		if cfg.TraceQuery != "" {
+			traces = jaeger.New(cfg.TraceQuery)
+		}
 		// With protected reads the console asks operators to sign in.
 		ui, err := console.New(console.Config{Base: ConsolePath, Pool: pool, Engine: s.Engine, DeadLetters: deadLetters,
 			Replayer: replayer, Kafka: &kafka, Topics: cfg.Topics, Operators: cfg.OperatorTokens, ReadOnly: cfg.ReadOnly,
-			RequireLogin: cfg.ProtectReads, TraceURL: cfg.TraceURL, Logger: log})
+			RequireLogin: cfg.ProtectReads, TraceURL: cfg.TraceURL, Traces: traces, Logger: log})
 		if err != nil {
 			return err
 		}
