@@ -119,6 +119,21 @@ type Engine struct {
 	metrics engineMetrics
 	// delivery, when set, tells the sweeper whether messages are flowing.
 	delivery DeliveryCheck
+	// commandVersion is the schema version of the commands it writes.
+	commandVersion int
+}
+
+// SetCommandVersion makes the engine write commands of schema version v:
+// SchemaVersion (the default) or the one before it, while participants
+// that read only the older version are being upgraded (consumers first:
+// then switch back). Replies come back in the version asked. Call it
+// before the engine runs.
+func (e *Engine) SetCommandVersion(v int) error {
+	if v != SchemaVersion && v != SchemaVersion-1 {
+		return fmt.Errorf("command schema version %d: this build writes %d or %d", v, SchemaVersion-1, SchemaVersion)
+	}
+	e.commandVersion = v
+	return nil
 }
 
 // DeliveryCheck reports whether the pipeline that carries commands and
@@ -140,7 +155,7 @@ func NewEngine(pool *pgxpool.Pool, logger *slog.Logger, defs ...*Definition) (*E
 	if logger == nil {
 		logger = slog.Default()
 	}
-	e := &Engine{pool: pool, defs: map[string]*Definition{}, log: logger.With("component", "saga")}
+	e := &Engine{pool: pool, defs: map[string]*Definition{}, log: logger.With("component", "saga"), commandVersion: SchemaVersion}
 	for _, d := range defs {
 		if err := e.Define(d); err != nil {
 			return nil, err
@@ -399,7 +414,9 @@ func (e *Engine) send(w *writes, def *Definition, in *Instance, kind Kind, causa
 	if kind == KindCompensation {
 		typ = step.CompensationType
 	}
-	payload, err := json.Marshal(Command{SagaID: in.ID, SagaType: in.Type, Step: step.Name, Kind: kind, Attempt: in.Attempt, Data: in.Data, ReplyTo: def.ReplyTo})
+	c := Command{SagaID: in.ID, SagaType: in.Type, Step: step.Name, Kind: kind, Attempt: in.Attempt, Data: in.Data, ReplyTo: def.ReplyTo}
+	downcastCommand(e.commandVersion, &c)
+	payload, err := json.Marshal(c)
 	if err != nil {
 		return fmt.Errorf("encode %s command of saga %s: %w", typ, in.ID, err)
 	}
@@ -408,7 +425,7 @@ func (e *Engine) send(w *writes, def *Definition, in *Instance, kind Kind, causa
 		return fmt.Errorf("new message id: %w", err)
 	}
 	m := outbox.Message{ID: id, Topic: step.Topic, Key: in.ID.String(), Payload: payload, Type: typ,
-		SchemaVersion: SchemaVersion, CorrelationID: in.ID.String(), CausationID: causation}
+		SchemaVersion: e.commandVersion, CorrelationID: in.ID.String(), CausationID: causation}
 	w.command(m)
 	e.history(w, in.ID, step.Name, kind, in.Attempt, EventSent, typ, id)
 	return nil

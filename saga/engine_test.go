@@ -101,7 +101,7 @@ type command struct {
 // commands returns the commands of saga id in the outbox, oldest first.
 func (e *env) commands(id uuid.UUID) []command {
 	e.t.Helper()
-	rows, err := e.db.Pool.Query(context.Background(), `SELECT headers->>'type', payload FROM saga.outbox WHERE key = $1 ORDER BY seq`, id.String())
+	rows, err := e.db.Pool.Query(context.Background(), `SELECT headers->>'type', (headers->>'schema_version')::int, payload FROM saga.outbox WHERE key = $1 ORDER BY seq`, id.String())
 	if err != nil {
 		e.t.Fatal(err)
 	}
@@ -109,7 +109,7 @@ func (e *env) commands(id uuid.UUID) []command {
 	for rows.Next() {
 		var c command
 		var payload []byte
-		if err := rows.Scan(&c.typ, &payload); err != nil {
+		if err := rows.Scan(&c.typ, &c.cmd.Version, &payload); err != nil {
 			e.t.Fatal(err)
 		}
 		if err := json.Unmarshal(payload, &c.cmd); err != nil {
@@ -249,6 +249,26 @@ func TestRepliesOfBothVersions(t *testing.T) {
 	}
 	if in := e.get(id); in.Step != 2 {
 		t.Fatalf("saga at step %d, want 2", in.Step)
+	}
+}
+
+// During a rolling upgrade the engine writes the older command version:
+// no reply_to, schema_version 1. It refuses a version it cannot write.
+func TestCommandVersionHeldBack(t *testing.T) {
+	t.Parallel()
+	def := threeSteps(time.Minute, 3, 3, false)
+	def.ReplyTo = "test.replies"
+	e := setup(t, def)
+	if err := e.engine.SetCommandVersion(saga.SchemaVersion + 1); err == nil {
+		t.Error("the engine accepted a command version it cannot write")
+	}
+	if err := e.engine.SetCommandVersion(saga.SchemaVersion - 1); err != nil {
+		t.Fatal(err)
+	}
+	id := e.start()
+	c := e.commands(id)[0]
+	if c.cmd.ReplyTo != "" || c.cmd.Version != saga.SchemaVersion-1 {
+		t.Fatalf("command %+v, want version %d without reply_to", c.cmd, saga.SchemaVersion-1)
 	}
 }
 

@@ -66,6 +66,11 @@ type Command struct {
 	// configuration of it. Empty in a version 1 command, whose participant
 	// answers on the topic it is configured with.
 	ReplyTo string `json:"reply_to,omitempty"`
+	// Version is the schema version the command arrived in (not on the
+	// wire): a participant answers in it, so that an orchestrator that
+	// reads only the older version keeps reading its answers during a
+	// rolling upgrade.
+	Version int `json:"-"`
 }
 
 // Reply answers a Command. It is published to the replies topic keyed by
@@ -100,6 +105,7 @@ func DecodeCommand(msg *message.Message) (Command, error) {
 		return c, outbox.Permanent(fmt.Errorf("decode command %s: %w", msg.UUID, err))
 	}
 	upcastCommand(v, &c)
+	c.Version = v
 	if c.SagaID == uuid.Nil || c.Step == "" || c.Attempt < 1 || (c.Kind != KindAction && c.Kind != KindCompensation) {
 		return c, outbox.Permanent(fmt.Errorf("command %s lacks saga_id, step, kind or attempt: %s", msg.UUID, truncate(msg.Payload)))
 	}
@@ -107,6 +113,21 @@ func DecodeCommand(msg *message.Message) (Command, error) {
 		return c, outbox.Permanent(fmt.Errorf("command %s: reply_to %q is not a topic name", msg.UUID, truncate([]byte(c.ReplyTo))))
 	}
 	return c, nil
+}
+
+// downcastCommand drops what version v of a command lacks (writing an
+// older version during a rolling upgrade).
+func downcastCommand(v int, c *Command) {
+	if v < 2 {
+		c.ReplyTo = ""
+	}
+}
+
+// downcastReply drops what version v of a reply lacks.
+func downcastReply(v int, r *Reply) {
+	if v < 2 {
+		r.Participant = ""
+	}
 }
 
 // upcastCommand lifts a command of version v to SchemaVersion. Version 1
@@ -164,9 +185,17 @@ func upcastReply(v int, r *Reply) {
 // NewReply builds the outbox message with which participant answers cmd
 // (the message that carried it is causation): on the command's reply_to
 // topic, or on topic (the participant's configured replies topic) when the
-// command names none.
+// command names none; in the command's schema version (the newest for a
+// command built in code), so that an orchestrator still writing and reading
+// the older version understands the answer.
 func NewReply(participant, topic string, cmd Command, causation string, outcome Outcome, reason string) (outbox.Message, error) {
-	payload, err := json.Marshal(Reply{SagaID: cmd.SagaID, Step: cmd.Step, Kind: cmd.Kind, Attempt: cmd.Attempt, Outcome: outcome, Reason: reason, Participant: participant})
+	v := cmd.Version
+	if v == 0 {
+		v = SchemaVersion
+	}
+	r := Reply{SagaID: cmd.SagaID, Step: cmd.Step, Kind: cmd.Kind, Attempt: cmd.Attempt, Outcome: outcome, Reason: reason, Participant: participant}
+	downcastReply(v, &r)
+	payload, err := json.Marshal(r)
 	if err != nil {
 		return outbox.Message{}, fmt.Errorf("encode reply of saga %s: %w", cmd.SagaID, err)
 	}
@@ -178,7 +207,7 @@ func NewReply(participant, topic string, cmd Command, causation string, outcome 
 		Key:           cmd.SagaID.String(),
 		Payload:       payload,
 		Type:          ReplyType,
-		SchemaVersion: SchemaVersion,
+		SchemaVersion: v,
 		CorrelationID: cmd.SagaID.String(),
 		CausationID:   causation,
 	}, nil

@@ -22,6 +22,7 @@ import (
 	"github.com/sagaflow/sagaflow/order"
 	"github.com/sagaflow/sagaflow/outbox"
 	"github.com/sagaflow/sagaflow/registry"
+	"github.com/sagaflow/sagaflow/saga"
 	"github.com/sagaflow/sagaflow/steps"
 	"github.com/sagaflow/sagaflow/telemetry"
 )
@@ -246,6 +247,7 @@ func runServe(ctx context.Context, args []string, stdout io.Writer) error {
 	schemaRegistry := fs.String("schema-registry", env("SAGAFLOW_SCHEMA_REGISTRY", ""), "Confluent-compatible schema registry API (e.g. http://127.0.0.1:18081/apis/ccompat/v7): register the wire contract's schemas under each topic's subject at start, and refuse to start if the registry refuses them")
 	schemaCompat := fs.String("schema-compatibility", registry.DefaultCompatibility, "compatibility level set on each subject ("+strings.Join(registry.Compatibilities, ", ")+")")
 	traceURL := fs.String("trace-url", env("SAGAFLOW_TRACE_URL", ""), "link each saga's console page to its trace: a URL with {trace_id} (Jaeger: http://HOST:16686/trace/{trace_id})")
+	commandVersion := fs.Int("command-schema-version", 0, fmt.Sprintf("schema version of the commands the orchestrator writes: %d (the newest, default) or %d, while participants that read only %d are upgraded (consumers first); replies come back in the version asked", saga.SchemaVersion, saga.SchemaVersion-1, saga.SchemaVersion-1))
 	traceQuery := fs.String("trace-query", env("SAGAFLOW_TRACE_QUERY", ""), "Jaeger's query API (http://HOST:16686): the console draws each saga's trace from it")
 	metricsAddr := fs.String("metrics", env("SAGAFLOW_METRICS", ""), "serve Prometheus metrics at http://ADDR/metrics (e.g. 127.0.0.1:9090); off when empty")
 	strictTopics := fs.Bool("strict-topics", false, "refuse to start when an existing topic has fewer partitions, another replication factor or another min.insync.replicas than configured (default: warn)")
@@ -320,7 +322,7 @@ func runServe(ctx context.Context, args []string, stdout io.Writer) error {
 		Pool: pool, Kafka: kcfg, Topics: c.topics(), Roles: roleNames, HTTPAddr: *httpAddr,
 		Saga: sf.config(), DeliveryStallAfter: sf.stallAfter, AllowInjection: *allowInjection, Inject: injected, DuplicateRelay: *duplicate,
 		OutboxMode: mode, Crash: crash, MetricsAddr: *metricsAddr,
-		APIPool: apiPool, OperatorTokens: tokens, ProtectReads: *protectReads, ReadOnly: *readOnly, TraceURL: *traceURL, TraceQuery: *traceQuery, SchemaIDs: schemaIDs, MaxInFlight: af.maxInFlight, MaxSagasInFlight: af.maxSagasInFlight, InboxRetention: *inboxRetention, DeadLetterRetention: *deadRetention,
+		APIPool: apiPool, OperatorTokens: tokens, ProtectReads: *protectReads, ReadOnly: *readOnly, TraceURL: *traceURL, TraceQuery: *traceQuery, CommandSchemaVersion: *commandVersion, SchemaIDs: schemaIDs, MaxInFlight: af.maxInFlight, MaxSagasInFlight: af.maxSagasInFlight, InboxRetention: *inboxRetention, DeadLetterRetention: *deadRetention,
 	})
 	if err != nil {
 		return err

@@ -110,6 +110,10 @@ type Config struct {
 	// TraceURL links the console's saga pages to their traces (a URL with
 	// {trace_id}).
 	TraceURL string
+	// CommandSchemaVersion, when not zero, is the schema version of the
+	// commands the orchestrator writes (saga.Engine.SetCommandVersion): the
+	// one before the newest while participants are being upgraded.
+	CommandSchemaVersion int
 	// TraceQuery is Jaeger's query API (http://HOST:16686): the console
 	// draws each saga's trace from it. Empty: it does not.
 	TraceQuery string
@@ -171,6 +175,11 @@ func New(cfg Config) (*Stack, error) {
 	}
 	if cfg.DeliveryStallAfter > 0 {
 		engine.SetDeliveryCheck(deliveryCheck(cfg.Pool, outboxSchemas, cfg.DeliveryStallAfter))
+	}
+	if cfg.CommandSchemaVersion != 0 {
+		if err := engine.SetCommandVersion(cfg.CommandSchemaVersion); err != nil {
+			return nil, err
+		}
 	}
 	orders := order.NewService(cfg.Pool, engine, cfg.Topics.OrderEvents)
 	if err := engine.Define(orders.NewDefinition(cfg.Saga)); err != nil {
