@@ -16,13 +16,9 @@ import (
 	"github.com/sagaflow/sagaflow/contract"
 	"github.com/sagaflow/sagaflow/internal/roles"
 	"github.com/sagaflow/sagaflow/internal/stacktest"
-	"github.com/sagaflow/sagaflow/internal/testenv"
 	"github.com/sagaflow/sagaflow/kafkax"
 	"github.com/sagaflow/sagaflow/outbox"
-	"github.com/sagaflow/sagaflow/steps"
 )
-
-func testenvMain(m *testing.M) { testenv.Main(m) }
 
 // Every message a whole stack produces (commands, replies, order events,
 // for completed and refused orders) validates against its schema, and
@@ -32,23 +28,12 @@ func testenvMain(m *testing.M) { testenv.Main(m) }
 // header it declares.
 func TestProducedMessagesMatchSchemas(t *testing.T) {
 	t.Parallel()
-	db := testenv.DB(t)
-	kafka := testenv.Kafka(t)
-	topics := kafkax.PrefixedTopics(testenv.Name(t, "ct") + ".")
+	e := setupStack(t, roles.Config{AllowInjection: true})
+	kafka, topics, stack, sub := e.kafka, e.topics, e.stack, e.sub
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	if err := steps.SeedStock(ctx, db.Pool, map[string]int{"sku-1": 100}); err != nil {
-		t.Fatal(err)
-	}
-	stack := stacktest.Start(t, roles.Config{Pool: db.Pool, Kafka: kafka, Topics: topics, Roles: []string{roles.All},
-		AllowInjection: true, SweepInterval: 50 * time.Millisecond})
 
 	// Watch every topic the stack writes.
-	sub, err := kafka.NewSubscriber(testenv.Name(t, "watch"), watermill.NopLogger{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer sub.Close()
 	var mu sync.Mutex
 	seen := map[string][]string{} // schema → paths produced
 	count := map[string]int{}     // message type → messages

@@ -7,16 +7,11 @@ import (
 	"testing"
 	"time"
 
-	"github.com/ThreeDotsLabs/watermill"
-
 	"github.com/sagaflow/sagaflow/contract"
 	"github.com/sagaflow/sagaflow/internal/roles"
 	"github.com/sagaflow/sagaflow/internal/stacktest"
-	"github.com/sagaflow/sagaflow/internal/testenv"
-	"github.com/sagaflow/sagaflow/kafkax"
 	"github.com/sagaflow/sagaflow/outbox"
 	"github.com/sagaflow/sagaflow/saga"
-	"github.com/sagaflow/sagaflow/steps"
 )
 
 // While participants that read only the older version are upgraded, the
@@ -26,23 +21,11 @@ import (
 // completes.
 func TestRollingUpgradeSpeaksTheOlderVersion(t *testing.T) {
 	t.Parallel()
-	db := testenv.DB(t)
-	kafka := testenv.Kafka(t)
-	topics := kafkax.PrefixedTopics(testenv.Name(t, "up") + ".")
+	older := saga.SchemaVersion - 1
+	e := setupStack(t, roles.Config{CommandSchemaVersion: older})
+	db, topics, stack, sub := e.db, e.topics, e.stack, e.sub
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	if err := steps.SeedStock(ctx, db.Pool, map[string]int{"sku-1": 100}); err != nil {
-		t.Fatal(err)
-	}
-	older := saga.SchemaVersion - 1
-	stack := stacktest.Start(t, roles.Config{Pool: db.Pool, Kafka: kafka, Topics: topics, Roles: []string{roles.All},
-		SweepInterval: 50 * time.Millisecond, CommandSchemaVersion: older})
-
-	sub, err := kafka.NewSubscriber(testenv.Name(t, "watch"), watermill.NopLogger{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer sub.Close()
 	var mu sync.Mutex
 	seen := map[string]int{} // message type → messages
 	for _, topic := range []string{topics.InventoryCommands, topics.PaymentCommands, topics.ShippingCommands, topics.SagaReplies} {
