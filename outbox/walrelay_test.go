@@ -97,6 +97,14 @@ func TestWALRelaySlotLost(t *testing.T) {
 	if first.SlotsRecreated() != 0 {
 		t.Fatalf("first relay recreated %d slots, want 0", first.SlotsRecreated())
 	}
+	// The server releases the slot when its walsender sees the stream
+	// closed, a moment after the relay stopped: dropping it sooner fails
+	// with "is active for PID" (SQLSTATE 55006; seen once in make test).
+	waitFor(t, "the slot released", func() bool {
+		var active bool
+		err := e.db.Pool.QueryRow(ctx, `SELECT bool_or(active) FROM pg_replication_slots WHERE database = current_database()`).Scan(&active)
+		return err == nil && !active
+	})
 	var dropped int
 	if err := e.db.Pool.QueryRow(ctx, `SELECT count(pg_drop_replication_slot(slot_name)) FROM pg_replication_slots
 		WHERE database = current_database()`).Scan(&dropped); err != nil || dropped != 1 {
