@@ -67,6 +67,7 @@ var Rules = []string{
 	"compensation before action: tombstone, late action refused",
 	"unknown message type dead-lettered, not crashed on",
 	"future schema version dead-lettered, not crashed on",
+	"answers in the schema version asked",
 	"answers within the timeout",
 }
 
@@ -207,8 +208,11 @@ func (k *kit) send(id uuid.UUID, kind saga.Kind, attempt int, typ string, v int)
 	topic, _ := commandsTopic(k.cfg.Topics, k.cfg.Participant)
 	data, _ := json.Marshal(order.Data{OrderID: uuid.New(), CustomerID: "conformance", Items: []order.Item{{SKU: k.cfg.SKU, Quantity: 1}},
 		AmountCents: 100, Currency: "EUR", ShippingAddress: order.Address{Name: "Conformance", Line1: "1 Main St", City: "Berlin", PostalCode: "10115", Country: "DE"}})
-	payload, _ := json.Marshal(saga.Command{SagaID: id, SagaType: order.SagaType, Step: k.cfg.Participant, Kind: kind, Attempt: attempt, Data: data,
-		ReplyTo: k.cfg.Topics.SagaReplies})
+	cmd := saga.Command{SagaID: id, SagaType: order.SagaType, Step: k.cfg.Participant, Kind: kind, Attempt: attempt, Data: data}
+	if v >= 2 { // version 1 has no reply_to
+		cmd.ReplyTo = k.cfg.Topics.SagaReplies
+	}
+	payload, _ := json.Marshal(cmd)
 	if typ == "" {
 		typ = commandType(k.cfg.Participant, kind)
 	}
@@ -372,10 +376,30 @@ func (k *kit) play(ctx context.Context) {
 		}
 		k.result(rule, true, "dead-lettered on %s; the next action was answered", k.cfg.Topics.DeadLetter(k.cfg.Participant))
 	}
+	// Asked in the version before the newest (by an orchestrator not yet
+	// upgraded), it answers in that version; asked in the newest, in the
+	// newest.
+	olderID := uuid.Must(uuid.NewV7())
+	older := saga.SchemaVersion - 1
+	if _, at, err := k.send(olderID, saga.KindAction, 1, "", older); err != nil {
+		k.result(Rules[8], false, "%v", err)
+	} else if r, err := k.await(ctx, olderID, 1, at); err != nil {
+		k.result(Rules[8], false, "asked in version %d: %v", older, err)
+	} else {
+		got := r.msg.Metadata.Get(outbox.HeaderSchemaVersion)
+		newest := "no reply"
+		if first.msg != nil {
+			newest = first.msg.Metadata.Get(outbox.HeaderSchemaVersion)
+		}
+		// Whether the answer is valid in that version is the schema
+		// rule's business: this one judges the version alone.
+		k.result(Rules[8], got == strconv.Itoa(older) && newest == strconv.Itoa(saga.SchemaVersion),
+			"asked in version %d, answered in %s; asked in %d, answered in %s", older, got, saga.SchemaVersion, newest)
+	}
 	k.mu.Lock()
 	slowest, late := k.slowest, k.late
 	k.mu.Unlock()
-	k.result(Rules[8], late == 0, "slowest answer %s, %d unanswered within %s", slowest.Round(time.Millisecond), late, k.cfg.Timeout)
+	k.result(Rules[9], late == 0, "slowest answer %s, %d unanswered within %s", slowest.Round(time.Millisecond), late, k.cfg.Timeout)
 }
 
 func (k *kit) undone(ctx context.Context, rule string, id uuid.UUID, r reply, err error) {

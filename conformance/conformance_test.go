@@ -78,7 +78,7 @@ func TestOurParticipantsConform(t *testing.T) {
 // wire alone (no Sagaflow code but the message names): a Kafka consumer
 // and producer with in-memory effects served over HTTP for the kit.
 type fake struct {
-	noDedup, noTombstone, wrongSchema bool
+	noDedup, noTombstone, wrongSchema, newestOnly bool
 
 	mu      sync.Mutex
 	effects map[uuid.UUID]int
@@ -101,7 +101,7 @@ func (f *fake) handle(m *message.Message, pub message.Publisher, topics kafkax.T
 	typ := m.Metadata.Get(outbox.HeaderType)
 	v, _ := strconv.Atoi(m.Metadata.Get(outbox.HeaderSchemaVersion))
 	// It reads commands of both versions a consumer must read, and answers
-	// in version 1 (which the orchestrator still reads), on saga.replies.
+	// in the version asked, on saga.replies.
 	if (typ != "payment.charge" && typ != "payment.refund") || v < saga.SchemaVersion-1 || v > saga.SchemaVersion {
 		return pub.Publish(topics.DeadLetter("payment"), m) // what it cannot read
 	}
@@ -132,20 +132,27 @@ func (f *fake) handle(m *message.Message, pub message.Publisher, topics kafkax.T
 	var payload []byte
 	if f.wrongSchema {
 		payload, _ = json.Marshal(map[string]any{"saga_id": cmd.SagaID, "step": cmd.Step, "kind": cmd.Kind,
-			"attempt": strconv.Itoa(cmd.Attempt), "outcome": outcome, "status": "ok"})
+			"attempt": cmd.Attempt, "outcome": outcome, "status": "ok"}) // status: not in the schema
 	} else {
-		payload, _ = json.Marshal(saga.Reply{SagaID: cmd.SagaID, Step: cmd.Step, Kind: cmd.Kind, Attempt: cmd.Attempt, Outcome: outcome, Reason: reason})
+		r := saga.Reply{SagaID: cmd.SagaID, Step: cmd.Step, Kind: cmd.Kind, Attempt: cmd.Attempt, Outcome: outcome, Reason: reason}
+		if v >= 2 || f.newestOnly {
+			r.Participant = "billing"
+		}
+		payload, _ = json.Marshal(r)
 	}
 	r := message.NewMessage(uuid.NewString(), payload)
 	r.Metadata.Set(kafkax.KeyMetadata, cmd.SagaID.String())
 	r.Metadata.Set(outbox.HeaderType, saga.ReplyType)
-	r.Metadata.Set(outbox.HeaderSchemaVersion, "1")
+	if f.newestOnly {
+		v = saga.SchemaVersion
+	}
+	r.Metadata.Set(outbox.HeaderSchemaVersion, strconv.Itoa(v))
 	r.Metadata.Set(outbox.HeaderCorrelationID, cmd.SagaID.String())
 	r.Metadata.Set(outbox.HeaderCausationID, m.UUID)
 	return pub.Publish(topics.SagaReplies, r)
 }
 
-// Each broken participant fails the rule it breaks.
+// Each broken participant fails the rule it breaks, and only that one.
 func TestBrokenParticipantsFail(t *testing.T) {
 	t.Parallel()
 	cases := []struct {
@@ -156,6 +163,7 @@ func TestBrokenParticipantsFail(t *testing.T) {
 		{"without deduplication", &fake{noDedup: true}, "same action twice: same reply, one effect"},
 		{"without tombstones", &fake{noTombstone: true}, "compensation before action: tombstone, late action refused"},
 		{"replying with a wrong schema", &fake{wrongSchema: true}, "reply headers and schema valid"},
+		{"answering in the newest version only", &fake{newestOnly: true}, "answers in the schema version asked"},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
@@ -200,8 +208,10 @@ func TestBrokenParticipantsFail(t *testing.T) {
 				t.Fatal(err)
 			}
 			verdicts := report(t, rs)
-			if verdicts[tc.fails] {
-				t.Errorf("the participant %s passes %q", tc.name, tc.fails)
+			for _, rule := range conformance.Rules {
+				if broken := rule == tc.fails; verdicts[rule] == broken {
+					t.Errorf("the participant %s: %q passed %v, want %v (it fails the rule it breaks, and only that one)", tc.name, rule, verdicts[rule], !broken)
+				}
 			}
 		})
 	}

@@ -11,14 +11,15 @@ import (
 // Rules are the participant rules of the protocol, in prose: what a
 // participant in any language must do (the AsyncAPI document's
 // description, and the README's).
-const Rules = `Sagaflow's order saga over Kafka. The orchestrator sends each step's command to the participant's commands topic; the participant answers on saga.replies. Every message is JSON, keyed by the saga id, with headers type, schema_version, correlation_id (the saga id), causation_id and _watermill_message_uuid (the message id, by which consumers deduplicate).
+const Rules = `Sagaflow's order saga over Kafka. The orchestrator sends each step's command to the participant's commands topic; the participant answers on the topic the command names in reply_to (saga.replies; a version 1 command names none, and the answer goes to saga.replies). Every message is JSON, keyed by the saga id, with headers type, schema_version, correlation_id (the saga id), causation_id and _watermill_message_uuid (the message id, by which consumers deduplicate).
 
 A participant must:
 1. Answer per (saga, step): the same command, redelivered or sent again with a higher attempt, gets the same reply and applies its effect once. Replies may be repeated; the orchestrator ignores answers it no longer waits for.
 2. Reply succeeded when the action's effect is applied, refused (with a reason) when a business rule refuses it and nothing changed. A fault (its database down, a bug) is never a reply: let the message be retried, then dead-letter it.
 3. Undo on compensation: a compensation of an applied action undoes it and replies succeeded; a compensation of an action never applied (or refused) replies succeeded and leaves a tombstone, so that the action, arriving late, is refused without effect.
 4. Refuse what it cannot read without crashing: an unknown message type or a schema_version above what it knows goes to its dead-letter topic (GROUP.dlq) at once.
-5. Commit its effect, its record of the answer and its reply together (an outbox), so that a crash between them cannot answer without effect or apply without answering.`
+5. Commit its effect, its record of the answer and its reply together (an outbox), so that a crash between them cannot answer without effect or apply without answering.
+6. Answer in the schema version it was asked in (a version 1 command gets a version 1 reply), so that an orchestrator not yet upgraded understands the answer; read the newest version and the one before it.`
 
 // AsyncAPI returns the AsyncAPI 3.0 document of the protocol on topics:
 // every topic with its key, headers and message schemas, which role sends

@@ -28,7 +28,7 @@ func TestConformanceCommand(t *testing.T) {
 	stacktest.Start(t, roles.Config{Pool: db.Pool, Kafka: kafka, Topics: kafkax.PrefixedTopics(prefix), Roles: []string{roles.Payment, roles.Relay}})
 	var out bytes.Buffer
 	args := []string{"--kafka-brokers", strings.Join(kafka.Brokers, ","), "--topic-prefix", prefix, "--database-url", db.URL}
-	if err := runConformance(ctx, append(args, "--participant", "payment", "--effects-sql", "ours"), &out); err != nil || !strings.Contains(out.String(), "payment: 9 of 9 rules passed") {
+	if err := runConformance(ctx, append(args, "--participant", "payment", "--effects-sql", "ours"), &out); err != nil || !strings.Contains(out.String(), "payment: 10 of 10 rules passed") {
 		t.Fatalf("conformance: %v\n%s", err, out.String())
 	}
 	t.Logf("\n%s", out.String())
