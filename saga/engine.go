@@ -319,6 +319,11 @@ func (e *Engine) move(w *writes, in *Instance, r Reply, msgID uuid.UUID) error {
 	if !ok {
 		return fmt.Errorf("saga %s has type %q, which this orchestrator does not run", in.ID, in.Type)
 	}
+	// answered records the reply in the saga's history, with who sent it.
+	answered := func(event, reason string) {
+		e.history(w, in.ID, r.Step, r.Kind, r.Attempt, event, reason, msgID)
+		w.hist.participants[len(w.hist.participants)-1] = r.Participant
+	}
 	idx := def.stepIndex(r.Step)
 	wantKind := KindAction
 	if in.State == Compensating || in.State == Stuck {
@@ -333,8 +338,7 @@ func (e *Engine) move(w *writes, in *Instance, r Reply, msgID uuid.UUID) error {
 		// waits for: keep it in the history and change nothing.
 		e.metrics.stale.Add(1)
 		reason := fmt.Sprintf("%s reply (attempt %d, %s) while the saga is %s at step %d attempt %d", r.Kind, r.Attempt, r.Outcome, in.State, in.Step, in.Attempt)
-		e.history(w, in.ID, r.Step, r.Kind, r.Attempt, EventStaleReply, reason, msgID)
-		w.by(r.Participant)
+		answered(EventStaleReply, reason)
 		return nil
 	}
 	step := def.Steps[idx]
@@ -342,8 +346,7 @@ func (e *Engine) move(w *writes, in *Instance, r Reply, msgID uuid.UUID) error {
 	telemetry.Observe(w.trace, telemetry.StepLatency.WithLabelValues(step.Name, string(r.Kind)), time.Since(in.UpdatedAt))
 	switch {
 	case r.Kind == KindAction && r.Outcome == Succeeded:
-		e.history(w, in.ID, step.Name, KindAction, r.Attempt, EventSucceeded, "", msgID)
-		w.by(r.Participant)
+		answered(EventSucceeded, "")
 		in.Completed = idx + 1
 		if idx+1 == len(def.Steps) {
 			return e.finish(w, def, in, Completed, "")
@@ -351,18 +354,15 @@ func (e *Engine) move(w *writes, in *Instance, r Reply, msgID uuid.UUID) error {
 		in.Step, in.Attempt = idx+1, 1
 		return e.advance(w, def, in, KindAction, msgID.String())
 	case r.Kind == KindAction && r.Outcome == Refused:
-		e.history(w, in.ID, step.Name, KindAction, r.Attempt, EventRefused, r.Reason, msgID)
-		w.by(r.Participant)
+		answered(EventRefused, r.Reason)
 		// A refusal made no change, so the refusing step needs no undo.
 		return e.compensate(w, def, in, idx-1, fmt.Sprintf("%s refused: %s", step.Name, r.Reason), msgID.String())
 	case r.Kind == KindCompensation && r.Outcome == Succeeded:
-		e.history(w, in.ID, step.Name, KindCompensation, r.Attempt, EventSucceeded, "", msgID)
-		w.by(r.Participant)
+		answered(EventSucceeded, "")
 		return e.compensate(w, def, in, idx-1, in.Reason, msgID.String())
 	default: // a compensation refused: it must finish, so the deadline resends it
 		e.metrics.compensationRefused.Add(1)
-		e.history(w, in.ID, step.Name, KindCompensation, r.Attempt, EventRefused, r.Reason+" (will resend)", msgID)
-		w.by(r.Participant)
+		answered(EventRefused, r.Reason+" (will resend)")
 		return nil
 	}
 }
@@ -415,7 +415,7 @@ func (e *Engine) send(w *writes, def *Definition, in *Instance, kind Kind, causa
 		typ = step.CompensationType
 	}
 	c := Command{SagaID: in.ID, SagaType: in.Type, Step: step.Name, Kind: kind, Attempt: in.Attempt, Data: in.Data, ReplyTo: def.ReplyTo}
-	downcastCommand(e.commandVersion, &c)
+	fitCommand(e.commandVersion, &c)
 	payload, err := json.Marshal(c)
 	if err != nil {
 		return fmt.Errorf("encode %s command of saga %s: %w", typ, in.ID, err)
@@ -484,12 +484,6 @@ func (e *Engine) history(w *writes, id uuid.UUID, step string, kind Kind, attemp
 	h.ids, h.steps, h.kinds, h.attempts = append(h.ids, id), append(h.steps, step), append(h.kinds, string(kind)), append(h.attempts, int32(attempt))
 	h.events, h.reasons, h.msgIDs = append(h.events, event), append(h.reasons, reason), append(h.msgIDs, mid)
 	h.participants = append(h.participants, "")
-}
-
-// by names the participant that sent the reply the history line queued last
-// records.
-func (w *writes) by(participant string) {
-	w.hist.participants[len(w.hist.participants)-1] = participant
 }
 
 // writes collects the writes of one saga transaction. Statements are queued

@@ -13,11 +13,11 @@ import (
 )
 
 // SchemaVersion is the version of the command and reply payloads this build
-// writes. It reads that version and the one before it, which its upcasters
-// (upcastCommand, upcastReply) lift to this one; a message of a higher
+// writes by default. It reads that version and the one before it, which
+// fitCommand and upcastReply lift to this one; a message of a higher
 // version is refused as permanent (dead-lettered), never half-understood.
-// Consumers are deployed before producers: a participant that reads
-// version 2 is running before an orchestrator writes it.
+// Consumers are deployed before producers, or the orchestrator is held at
+// the older version (Engine.SetCommandVersion) until they are.
 const SchemaVersion = 2
 
 // topicName is what Kafka accepts as a topic name.
@@ -104,7 +104,7 @@ func DecodeCommand(msg *message.Message) (Command, error) {
 	if err := json.Unmarshal(msg.Payload, &c); err != nil {
 		return c, outbox.Permanent(fmt.Errorf("decode command %s: %w", msg.UUID, err))
 	}
-	upcastCommand(v, &c)
+	fitCommand(v, &c)
 	c.Version = v
 	if c.SagaID == uuid.Nil || c.Step == "" || c.Attempt < 1 || (c.Kind != KindAction && c.Kind != KindCompensation) {
 		return c, outbox.Permanent(fmt.Errorf("command %s lacks saga_id, step, kind or attempt: %s", msg.UUID, truncate(msg.Payload)))
@@ -115,9 +115,12 @@ func DecodeCommand(msg *message.Message) (Command, error) {
 	return c, nil
 }
 
-// downcastCommand drops what version v of a command lacks (writing an
-// older version during a rolling upgrade).
-func downcastCommand(v int, c *Command) {
+// fitCommand keeps only what version v of a command has: it writes an
+// older version during a rolling upgrade, and it reads an older one (a
+// field of a newer version found in an older message is not trusted).
+// Version 1 has no reply_to, so NewReply answers on the configured replies
+// topic.
+func fitCommand(v int, c *Command) {
 	if v < 2 {
 		c.ReplyTo = ""
 	}
@@ -127,16 +130,6 @@ func downcastCommand(v int, c *Command) {
 func downcastReply(v int, r *Reply) {
 	if v < 2 {
 		r.Participant = ""
-	}
-}
-
-// upcastCommand lifts a command of version v to SchemaVersion. Version 1
-// has no reply_to: it stays empty, and NewReply answers on the configured
-// replies topic. A field of a newer version in an older message is not
-// trusted: a version 1 command that names a reply_to is read without it.
-func upcastCommand(v int, c *Command) {
-	if v < 2 {
-		c.ReplyTo = ""
 	}
 }
 
