@@ -64,7 +64,6 @@ import (
 	"runtime/debug"
 	"strconv"
 	"strings"
-	"sync"
 	"time"
 
 	"github.com/jackc/pgx/v5/pgxpool"
@@ -161,7 +160,8 @@ type Config struct {
 	AcquireTimeout time.Duration
 	// MaxSagasInFlight is admission control: while more sagas than this
 	// are running or compensating, POST /orders is answered 503 with
-	// Retry-After (a replay of a placed order is still answered). Requests
+	// Retry-After, a replay of a placed order included (it is answered
+	// once there is room). Requests
 	// in flight measure the API; this measures the pipeline behind it,
 	// where an overload piles up as consumer lag until step deadlines
 	// cancel orders that would have succeeded. Default
@@ -192,11 +192,7 @@ type server struct {
 	// overload summarises the requests answered 503 for overload.
 	overload overloadLog
 	// sagas caches the count of sagas in flight for admission.
-	sagas struct {
-		mu sync.Mutex
-		at time.Time
-		n  int64
-	}
+	sagas flightCount
 }
 
 // handlerFunc is a handler that reports failure as an error: a *Problem is

@@ -92,16 +92,6 @@ func Get(ctx context.Context, q saga.Querier, id uuid.UUID) (*Order, error) {
 }
 
 // OrderIDOfSaga returns the order a saga belongs to.
-// KeyUsed reports whether an order was placed under idempotency key: its
-// placement is then a replay, answered whatever the load.
-func KeyUsed(ctx context.Context, q saga.Querier, key string) (bool, error) {
-	var used bool
-	if err := q.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM orders.orders WHERE idempotency_key = $1)`, key).Scan(&used); err != nil {
-		return false, fmt.Errorf("look up idempotency key: %w", err)
-	}
-	return used, nil
-}
-
 func OrderIDOfSaga(ctx context.Context, q saga.Querier, sagaID uuid.UUID) (uuid.UUID, error) {
 	var id uuid.UUID
 	err := q.QueryRow(ctx, sqlOrderIDBySaga, sagaID).Scan(&id)
