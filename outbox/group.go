@@ -211,15 +211,11 @@ func (in *Inbox) runBatch(ctx context.Context, jobs []*job) (out []verdict) {
 			out = everyone(alone)
 		}
 	}()
-	tx, err := in.pool.Begin(ctx)
+	tx, dups, err := in.claim(ctx, jobs)
 	if err != nil {
 		return everyone(alone)
 	}
 	defer tx.Rollback(context.WithoutCancel(ctx)) //nolint:errcheck // a no-op after Commit
-	dups, err := in.claim(ctx, tx, jobs)
-	if err != nil {
-		return everyone(alone)
-	}
 	var (
 		taken []any
 		rest  []int
@@ -296,33 +292,34 @@ func call(j *job, tx pgx.Tx) (value any, didPanic bool, err error) {
 	return nil, false, j.fn(context.WithValue(j.ctx, groupedKey{}, true), tx)
 }
 
-// claim records the jobs' message ids in the inbox in one statement (in id
-// order, so two claiming transactions cannot deadlock) and returns, per id,
-// how many deliveries came before.
-func (in *Inbox) claim(ctx context.Context, tx pgx.Tx, jobs []*job) (map[uuid.UUID]int, error) {
+// claim begins the jobs' transaction and records their message ids in the
+// inbox with one statement (in id order, so two claiming transactions
+// cannot deadlock), in one round trip, and returns, per id, how many
+// deliveries came before.
+func (in *Inbox) claim(ctx context.Context, jobs []*job) (*claimTx, map[uuid.UUID]int, error) {
 	ids := make([]uuid.UUID, len(jobs))
 	for i, j := range jobs {
 		ids[i] = j.id
 	}
 	slices.SortFunc(ids, func(a, b uuid.UUID) int { return slices.Compare(a[:], b[:]) })
-	rows, err := tx.Query(ctx, in.q.inboxClaimMany, in.consumer, ids)
-	if err != nil {
-		return nil, fmt.Errorf("claim %d messages in %s inbox: %w", len(ids), in.q.schema, err)
-	}
 	dups := make(map[uuid.UUID]int, len(ids))
-	var (
-		id uuid.UUID
-		n  int
-	)
-	_, err = pgx.ForEachRow(rows, []any{&id, &n}, func() error {
-		dups[id] = n
-		return nil
-	})
+	tx, err := beginClaim(ctx, in.pool, func(rows pgx.Rows) error {
+		var (
+			id uuid.UUID
+			n  int
+		)
+		_, err := pgx.ForEachRow(rows, []any{&id, &n}, func() error {
+			dups[id] = n
+			return nil
+		})
+		return err
+	}, in.q.inboxClaimMany, in.consumer, ids)
 	if err != nil {
-		return nil, fmt.Errorf("claim %d messages in %s inbox: %w", len(ids), in.q.schema, err)
+		return nil, nil, fmt.Errorf("claim %d messages in %s inbox: %w", len(ids), in.q.schema, err)
 	}
 	if len(dups) != len(ids) {
-		return nil, fmt.Errorf("claim %d messages in %s inbox: %d claimed", len(ids), in.q.schema, len(dups))
+		_ = tx.Rollback(ctx)
+		return nil, nil, fmt.Errorf("claim %d messages in %s inbox: %d claimed", len(ids), in.q.schema, len(dups))
 	}
-	return dups, nil
+	return tx, dups, nil
 }

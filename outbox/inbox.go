@@ -158,15 +158,18 @@ func (in *Inbox) startProcess(ctx context.Context, msg *message.Message) (contex
 // consumer; duplicate reports that the message was already applied (fn was
 // not run).
 func (in *Inbox) Handle(ctx context.Context, id uuid.UUID, fn func(ctx context.Context, tx pgx.Tx) error) (duplicate bool, err error) {
-	tx, err := in.pool.Begin(ctx)
-	if err != nil {
-		return false, fmt.Errorf("begin inbox transaction for message %s: %w", id, err)
-	}
-	defer tx.Rollback(context.WithoutCancel(ctx)) //nolint:errcheck // a no-op after Commit
 	var dups int
-	if err := tx.QueryRow(ctx, in.q.inboxClaim, in.consumer, id).Scan(&dups); err != nil {
+	tx, err := beginClaim(ctx, in.pool, func(rows pgx.Rows) error {
+		n, err := pgx.ForEachRow(rows, []any{&dups}, func() error { return nil })
+		if err == nil && n.RowsAffected() != 1 {
+			err = fmt.Errorf("the claim returned %d rows", n.RowsAffected())
+		}
+		return err
+	}, in.q.inboxClaim, in.consumer, id)
+	if err != nil {
 		return false, fmt.Errorf("claim message %s in %s inbox: %w", id, in.q.schema, err)
 	}
+	defer tx.Rollback(context.WithoutCancel(ctx)) //nolint:errcheck // a no-op after Commit
 	if dups == 0 {
 		if err := fn(ctx, tx); err != nil {
 			return false, err
