@@ -17,10 +17,61 @@ import (
 // of the five a participant's or the orchestrator's takes. The rest of
 // pgx.Tx runs on the connection, which goes back to the pool at Commit or
 // Rollback.
+//
+// Writes a handler leaves for the end (SendAtCommit) go with the COMMIT, in
+// one round trip: another one less.
 type claimTx struct {
 	conn *pgxpool.Conn
 	done bool
+	// atCommit holds the statements SendAtCommit took, in order; any other
+	// statement sends them first.
+	atCommit []*pgx.QueuedQuery
+	// failed is the error of held statements sent before another
+	// statement: Commit rolls back and returns it.
+	failed error
 }
+
+// SendAtCommit takes the statements queued on b to send them with tx's
+// COMMIT, in one round trip, when tx is an inbox transaction (the tx an
+// Inbox hands its handlers) and no statement of b has a callback (a
+// callback could reject a result after the COMMIT went). It reports whether
+// it took them; b is then empty. An error of one of them is then Commit's,
+// and the transaction does not commit. Any other use of tx first sends
+// them, so statements keep their order. A caller whose tx is not an inbox
+// transaction, or whose b has callbacks, sends b itself.
+func SendAtCommit(tx pgx.Tx, b *pgx.Batch) bool {
+	t, ok := tx.(*claimTx)
+	if !ok || t.done {
+		return false
+	}
+	for _, q := range b.QueuedQueries {
+		if q.Fn != nil {
+			return false
+		}
+	}
+	t.atCommit = append(t.atCommit, b.QueuedQueries...)
+	*b = pgx.Batch{}
+	return true
+}
+
+// flush sends the statements SendAtCommit took, before another statement.
+func (t *claimTx) flush(ctx context.Context) error {
+	if len(t.atCommit) == 0 {
+		return nil
+	}
+	b := &pgx.Batch{QueuedQueries: t.atCommit}
+	t.atCommit = nil
+	if err := t.conn.SendBatch(ctx, b).Close(); err != nil {
+		t.failed = fmt.Errorf("write held for the commit: %w", err)
+		return t.failed
+	}
+	return nil
+}
+
+// flushOrKeep is flush for the methods that return no error of their own:
+// a failure leaves the transaction aborted, so the statement that follows
+// fails (SQLSTATE 25P02), and Commit returns the failure itself.
+func (t *claimTx) flushOrKeep(ctx context.Context) { _ = t.flush(ctx) }
 
 var _ pgx.Tx = (*claimTx)(nil)
 
@@ -28,11 +79,12 @@ var _ pgx.Tx = (*claimTx)(nil)
 // savepoint.
 var errNestedTx = errors.New("an inbox transaction does not nest transactions")
 
-// beginClaim acquires a connection, begins a transaction and runs the
-// claim query in it, all in one round trip, and hands the claim's rows to
-// scan. On error the transaction is rolled back and the connection
-// released.
-func beginClaim(ctx context.Context, pool *pgxpool.Pool, scan func(pgx.Rows) error, sql string, args ...any) (*claimTx, error) {
+// beginClaim acquires a connection, begins a transaction, runs the claim
+// query in it and then the statements of then (nil: none), all in one
+// round trip, and hands the claim's rows to scan; then's callbacks read
+// their results. On error the transaction is rolled back and the
+// connection released.
+func beginClaim(ctx context.Context, pool *pgxpool.Pool, scan func(pgx.Rows) error, then *pgx.Batch, sql string, args ...any) (*claimTx, error) {
 	conn, err := pool.Acquire(ctx)
 	if err != nil {
 		return nil, fmt.Errorf("acquire a connection: %w", err)
@@ -41,6 +93,9 @@ func beginClaim(ctx context.Context, pool *pgxpool.Pool, scan func(pgx.Rows) err
 	var b pgx.Batch
 	b.Queue("begin")
 	b.Queue(sql, args...)
+	if then != nil {
+		b.QueuedQueries = append(b.QueuedQueries, then.QueuedQueries...)
+	}
 	br := conn.SendBatch(ctx, &b)
 	if _, err := br.Exec(); err != nil {
 		_ = br.Close()
@@ -49,6 +104,7 @@ func beginClaim(ctx context.Context, pool *pgxpool.Pool, scan func(pgx.Rows) err
 	}
 	rows, _ := br.Query()
 	err = scan(rows)
+	// Close reads the rest, running then's callbacks.
 	if cerr := br.Close(); err == nil {
 		err = cerr
 	}
@@ -84,6 +140,18 @@ func (t *claimTx) Commit(ctx context.Context) error {
 	if t.done {
 		return pgx.ErrTxClosed
 	}
+	if t.failed != nil {
+		_ = t.Rollback(ctx)
+		return t.failed
+	}
+	if t.conn.Conn().PgConn().TxStatus() == 'E' {
+		// A statement failed already: the held ones would fail too, and
+		// the COMMIT below turns into the rollback that reports it.
+		t.atCommit = nil
+	}
+	if len(t.atCommit) > 0 {
+		return t.commitWith(ctx)
+	}
 	tag, err := t.conn.Exec(ctx, "commit")
 	t.release(ctx)
 	if err != nil {
@@ -95,22 +163,58 @@ func (t *claimTx) Commit(ctx context.Context) error {
 	return nil
 }
 
+// commitWith sends the statements SendAtCommit took and the COMMIT in one
+// round trip. A statement that fails makes the server skip the rest, the
+// COMMIT included: the transaction is rolled back and the error returned.
+func (t *claimTx) commitWith(ctx context.Context) error {
+	n := len(t.atCommit)
+	b := &pgx.Batch{QueuedQueries: append(t.atCommit, &pgx.QueuedQuery{SQL: "commit"})}
+	t.atCommit = nil
+	br := t.conn.SendBatch(ctx, b)
+	var err error
+	for i := 0; i < n && err == nil; i++ {
+		if _, err = br.Exec(); err != nil {
+			err = fmt.Errorf("write held for the commit: %w", err)
+		}
+	}
+	var tag pgconn.CommandTag
+	if err == nil {
+		tag, err = br.Exec()
+	}
+	if cerr := br.Close(); err == nil {
+		err = cerr
+	}
+	if err == nil && tag.String() == "ROLLBACK" {
+		err = pgx.ErrTxCommitRollback
+	}
+	if err != nil && t.conn.Conn().PgConn().TxStatus() != 'I' && !t.conn.Conn().IsClosed() {
+		_, _ = t.conn.Exec(context.WithoutCancel(ctx), "rollback")
+	}
+	t.release(ctx)
+	return err
+}
+
 // Rollback rolls back and releases the connection; after Commit or
 // Rollback it does nothing and returns pgx.ErrTxClosed.
 func (t *claimTx) Rollback(ctx context.Context) error {
 	if t.done {
 		return pgx.ErrTxClosed
 	}
+	t.atCommit = nil
 	_, err := t.conn.Exec(ctx, "rollback")
 	t.release(ctx)
 	return err
 }
 
 func (t *claimTx) CopyFrom(ctx context.Context, table pgx.Identifier, columns []string, src pgx.CopyFromSource) (int64, error) {
+	if err := t.flush(ctx); err != nil {
+		return 0, err
+	}
 	return t.conn.CopyFrom(ctx, table, columns, src)
 }
 
 func (t *claimTx) SendBatch(ctx context.Context, b *pgx.Batch) pgx.BatchResults {
+	t.flushOrKeep(ctx)
 	return t.conn.SendBatch(ctx, b)
 }
 
@@ -122,14 +226,19 @@ func (t *claimTx) Prepare(ctx context.Context, name, sql string) (*pgconn.Statem
 }
 
 func (t *claimTx) Exec(ctx context.Context, sql string, args ...any) (pgconn.CommandTag, error) {
+	if err := t.flush(ctx); err != nil {
+		return pgconn.CommandTag{}, err
+	}
 	return t.conn.Exec(ctx, sql, args...)
 }
 
 func (t *claimTx) Query(ctx context.Context, sql string, args ...any) (pgx.Rows, error) {
+	t.flushOrKeep(ctx)
 	return t.conn.Query(ctx, sql, args...)
 }
 
 func (t *claimTx) QueryRow(ctx context.Context, sql string, args ...any) pgx.Row {
+	t.flushOrKeep(ctx)
 	return t.conn.QueryRow(ctx, sql, args...)
 }
 

@@ -66,3 +66,111 @@ func TestInboxTransactionEndsLikePgx(t *testing.T) {
 		t.Fatalf("applied %d times (%v), want once", n, err)
 	}
 }
+
+// Writes a handler leaves for the commit (SendAtCommit) go with the COMMIT:
+// a statement sent after them still sees them (they go first, in order),
+// they commit once with the claim, and one that fails fails the commit
+// with its own error: nothing of the transaction stays, not even the claim,
+// and the connection goes back to the pool outside any transaction.
+// SendAtCommit leaves a batch with a callback, and a transaction that is
+// not an inbox's, to the caller.
+func TestWritesHeldForTheCommit(t *testing.T) {
+	t.Parallel()
+	db := testenv.DB(t)
+	ctx := context.Background()
+	if _, err := db.Pool.Exec(ctx, `CREATE TABLE applied (id uuid, n int NOT NULL CHECK (n > 0))`); err != nil {
+		t.Fatal(err)
+	}
+	in := outbox.NewInbox(db.Pool, "inventory", testenv.Name(t, "held"))
+	count := func() int {
+		t.Helper()
+		var n int
+		if err := db.Pool.QueryRow(ctx, `SELECT count(*) FROM applied`).Scan(&n); err != nil {
+			t.Fatal(err)
+		}
+		return n
+	}
+
+	// A failing held write: Handle fails with the statement's error.
+	id := uuid.New()
+	failing := func(ctx context.Context, tx pgx.Tx) error {
+		var b pgx.Batch
+		b.Queue(`INSERT INTO applied (id, n) VALUES ($1, 1)`, id)
+		b.Queue(`INSERT INTO applied (id, n) VALUES ($1, 0)`, id) // breaks the CHECK
+		if !outbox.SendAtCommit(tx, &b) {
+			t.Error("SendAtCommit did not take the writes of an inbox transaction")
+		}
+		if b.Len() != 0 {
+			t.Errorf("SendAtCommit left %d statements in the batch", b.Len())
+		}
+		return nil
+	}
+	_, err := in.Handle(ctx, id, failing)
+	var pgErr *pgconn.PgError
+	if !errors.As(err, &pgErr) || pgErr.Code != "23514" {
+		t.Fatalf("a held write breaking a CHECK: %v, want its check violation (23514)", err)
+	}
+	if n := count(); n != 0 {
+		t.Fatalf("%d rows committed by the failed transaction", n)
+	}
+	for range db.Pool.Config().MaxConns + 1 {
+		if _, err := db.Pool.Exec(ctx, `SELECT 1`); err != nil {
+			t.Fatalf("a pooled connection after the failed commit: %v", err)
+		}
+	}
+
+	// The same message again, with writes that pass: the claim had not
+	// stayed. A statement after the held writes sees them.
+	seen := -1
+	good := func(ctx context.Context, tx pgx.Tx) error {
+		for n := 1; n <= 2; n++ {
+			var b pgx.Batch
+			b.Queue(`INSERT INTO applied (id, n) VALUES ($1, $2)`, id, n)
+			if !outbox.SendAtCommit(tx, &b) {
+				t.Error("SendAtCommit did not take the writes of an inbox transaction")
+			}
+		}
+		if err := tx.QueryRow(ctx, `SELECT count(*) FROM applied`).Scan(&seen); err != nil {
+			return err
+		}
+		var b pgx.Batch
+		b.Queue(`INSERT INTO applied (id, n) VALUES ($1, 3)`, id)
+		outbox.SendAtCommit(tx, &b)
+		return nil
+	}
+	if dup, err := in.Handle(ctx, id, good); err != nil || dup {
+		t.Fatalf("the message again: duplicate %v, %v: the failed transaction's claim stayed", dup, err)
+	}
+	if seen != 2 {
+		t.Errorf("a statement after two held writes saw %d rows, want 2", seen)
+	}
+	if n := count(); n != 3 {
+		t.Errorf("%d rows committed, want 3", n)
+	}
+	if dup, err := in.Handle(ctx, id, good); err != nil || !dup {
+		t.Fatalf("the message a third time: duplicate %v, %v, want a duplicate", dup, err)
+	}
+
+	// Not taken: a batch with a callback, or a transaction of the pool.
+	callback := func(ctx context.Context, tx pgx.Tx) error {
+		var b pgx.Batch
+		b.Queue(`SELECT 1`).Exec(func(pgconn.CommandTag) error { return nil })
+		if outbox.SendAtCommit(tx, &b) || b.Len() != 1 {
+			t.Error("SendAtCommit took a batch with a callback")
+		}
+		return nil
+	}
+	if _, err := in.Handle(ctx, uuid.New(), callback); err != nil {
+		t.Fatal(err)
+	}
+	tx, err := db.Pool.Begin(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tx.Rollback(ctx) //nolint:errcheck // after the test
+	var b pgx.Batch
+	b.Queue(`SELECT 1`)
+	if outbox.SendAtCommit(tx, &b) || b.Len() != 1 {
+		t.Error("SendAtCommit took the writes of a transaction of the pool")
+	}
+}

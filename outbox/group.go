@@ -34,6 +34,19 @@ type BatchHandler interface {
 	HandleBatch(ctx context.Context, tx pgx.Tx, items []any) error
 }
 
+// BatchPrelude is implemented by a BatchHandler whose HandleBatch starts
+// with reads (locking its rows, reading them): Prelude queues them on b,
+// which goes to the server in the round trip of BEGIN and the claim, right
+// after the claim, and their callbacks keep what they read in the items for
+// HandleBatch. items are those of every message Taken, redeliveries
+// included (the claim has not told them apart yet), so the reads must be
+// harmless for a message already applied; HandleBatch then gets the items
+// of the first deliveries. An error of the prelude rolls the transaction
+// back, and every message goes alone, through the Handler.
+type BatchPrelude interface {
+	Prelude(b *pgx.Batch, items []any)
+}
+
 type groupedKey struct{}
 
 // Grouped reports whether a handler called with ctx shares its transaction
@@ -211,7 +224,28 @@ func (in *Inbox) runBatch(ctx context.Context, jobs []*job) (out []verdict) {
 			out = everyone(alone)
 		}
 	}()
-	tx, dups, err := in.claim(ctx, jobs)
+	// Take before the claim, so that a prelude goes in its round trip.
+	items := make([]any, len(jobs))
+	isTaken := make([]bool, len(jobs))
+	var pre pgx.Batch
+	if in.batch != nil {
+		var all []any
+		for i, j := range jobs {
+			if j.msg == nil {
+				continue
+			}
+			if item, ok := take(in.batch, j.msg); ok {
+				items[i], isTaken[i] = item, true
+				all = append(all, item)
+			}
+		}
+		if p, ok := in.batch.(BatchPrelude); ok && len(all) > 0 {
+			if !prelude(p, &pre, all) {
+				return everyone(alone)
+			}
+		}
+	}
+	tx, dups, err := in.claim(ctx, jobs, &pre)
 	if err != nil {
 		return everyone(alone)
 	}
@@ -225,11 +259,9 @@ func (in *Inbox) runBatch(ctx context.Context, jobs []*job) (out []verdict) {
 			verdicts[i].dup = true
 			continue
 		}
-		if in.batch != nil && j.msg != nil {
-			if item, ok := take(in.batch, j.msg); ok {
-				taken = append(taken, item)
-				continue
-			}
+		if isTaken[i] {
+			taken = append(taken, items[i])
+			continue
 		}
 		rest = append(rest, i)
 	}
@@ -270,6 +302,18 @@ func take(b BatchHandler, msg *message.Message) (item any, ok bool) {
 	return b.Take(msg)
 }
 
+// prelude runs p's Prelude; a panic reports false (every message then goes
+// alone).
+func prelude(p BatchPrelude, b *pgx.Batch, items []any) (ok bool) {
+	defer func() {
+		if r := recover(); r != nil {
+			ok = false
+		}
+	}()
+	p.Prelude(b, items)
+	return true
+}
+
 // handleBatch runs b's HandleBatch, turning a panic into an error: every
 // message then goes alone, through the Handler, whose panics surface in
 // their own goroutines.
@@ -294,9 +338,10 @@ func call(j *job, tx pgx.Tx) (value any, didPanic bool, err error) {
 
 // claim begins the jobs' transaction and records their message ids in the
 // inbox with one statement (in id order, so two claiming transactions
-// cannot deadlock), in one round trip, and returns, per id, how many
+// cannot deadlock), then runs the statements of pre (a batch handler's
+// prelude), all in one round trip, and returns, per id, how many
 // deliveries came before.
-func (in *Inbox) claim(ctx context.Context, jobs []*job) (*claimTx, map[uuid.UUID]int, error) {
+func (in *Inbox) claim(ctx context.Context, jobs []*job, pre *pgx.Batch) (*claimTx, map[uuid.UUID]int, error) {
 	ids := make([]uuid.UUID, len(jobs))
 	for i, j := range jobs {
 		ids[i] = j.id
@@ -313,7 +358,7 @@ func (in *Inbox) claim(ctx context.Context, jobs []*job) (*claimTx, map[uuid.UUI
 			return nil
 		})
 		return err
-	}, in.q.inboxClaimMany, in.consumer, ids)
+	}, pre, in.q.inboxClaimMany, in.consumer, ids)
 	if err != nil {
 		return nil, nil, fmt.Errorf("claim %d messages in %s inbox: %w", len(ids), in.q.schema, err)
 	}

@@ -770,3 +770,138 @@ func TestGroupFollowerLeavesWhenItsContextEnds(t *testing.T) {
 		t.Fatalf("the message that left has effects %v", got)
 	}
 }
+
+// preludeItem is what preludeBatcher takes of a message; its Prelude's
+// callback fills txid.
+type preludeItem struct {
+	groupItem
+	txid int64
+	read bool
+}
+
+// preludeBatcher is a batch handler with a Prelude: it reads the shared
+// transaction's id into every item (or, with fail, runs a statement that
+// fails), and HandleBatch checks each item had it.
+type preludeBatcher struct {
+	t    *testing.T
+	fail bool
+
+	mu      sync.Mutex
+	prelude [][]string // the ids of each Prelude call
+	batches [][]string // the ids of each HandleBatch call
+}
+
+func (b *preludeBatcher) Take(msg *message.Message) (any, bool) {
+	if body := string(msg.Payload); strings.HasPrefix(body, "batch:") {
+		return &preludeItem{groupItem: groupItem{id: msg.UUID, body: body}}, true
+	}
+	return nil, false
+}
+
+func (b *preludeBatcher) Prelude(pb *pgx.Batch, items []any) {
+	var ids []string
+	for _, it := range items {
+		ids = append(ids, it.(*preludeItem).id)
+	}
+	b.mu.Lock()
+	b.prelude = append(b.prelude, ids)
+	b.mu.Unlock()
+	sql := `SELECT txid_current()`
+	if b.fail {
+		sql = `SELECT 1/0`
+	}
+	pb.Queue(sql).QueryRow(func(row pgx.Row) error {
+		var txid int64
+		if err := row.Scan(&txid); err != nil {
+			return err
+		}
+		for _, it := range items {
+			it.(*preludeItem).txid, it.(*preludeItem).read = txid, true
+		}
+		return nil
+	})
+}
+
+func (b *preludeBatcher) HandleBatch(ctx context.Context, tx pgx.Tx, items []any) error {
+	var txid int64
+	if err := tx.QueryRow(ctx, `SELECT txid_current()`).Scan(&txid); err != nil {
+		return err
+	}
+	var ids, bodies []string
+	for _, item := range items {
+		it := item.(*preludeItem)
+		if !it.read || it.txid != txid {
+			b.t.Errorf("item %s: prelude read %v, transaction %d, want the batch's %d", it.id, it.read, it.txid, txid)
+		}
+		ids, bodies = append(ids, it.id), append(bodies, it.body)
+	}
+	b.mu.Lock()
+	b.batches = append(b.batches, ids)
+	b.mu.Unlock()
+	_, err := tx.Exec(ctx, `INSERT INTO group_effects (id, body, txid)
+		SELECT id, body, txid_current() FROM unnest($1::text[], $2::text[]) AS m(id, body)`, ids, bodies)
+	return err
+}
+
+// A batch handler's Prelude runs in the shared transaction, with the claim,
+// over every message taken, redeliveries included; HandleBatch gets the
+// first deliveries, each item holding what the prelude read. A prelude
+// that fails fails the shared transaction, not a message: every message
+// goes again alone, through the Handler, and commits once.
+func TestGroupBatchPrelude(t *testing.T) {
+	t.Parallel()
+	for _, fail := range []bool{false, true} {
+		t.Run(fmt.Sprintf("fail=%v", fail), func(t *testing.T) {
+			t.Parallel()
+			r := newGroupRig(t)
+			// A message applied before: its redelivery is in the batch.
+			again := groupMsg(t, "batch:again")
+			if _, err := r.in.Handle(t.Context(), uuid.MustParse(again.UUID), func(context.Context, pgx.Tx) error { return nil }); err != nil {
+				t.Fatal(err)
+			}
+			batcher := &preludeBatcher{t: t, fail: fail}
+			r.in.SetBatchHandler(batcher)
+			blockers := r.holdSlots()
+			msgs := r.queue("batch:1", "plain", "batch:2")
+			redelivered := r.start(groupMsgID(t, again.UUID, "batch:again"))
+			r.waitQueued(redelivered)
+			r.releaseBlockers()
+			all := append(slices.Clone(blockers), msgs...)
+			r.finish(append(all, redelivered)...)
+			r.mustSucceed(append(all, redelivered)...)
+			effects := r.effects()
+			for _, p := range all {
+				if n := len(effects[p.msg.UUID]); n != 1 {
+					t.Errorf("message %s (%q): effect applied %d times, want once", p.msg.UUID, p.msg.Payload, n)
+				}
+			}
+			if len(effects) != len(all) {
+				t.Errorf("effects of %d messages, want %d (the redelivery applies nothing)", len(effects), len(all))
+			}
+			if dups := r.inbox()[again.UUID]; dups != 1 {
+				t.Errorf("the redelivered message's inbox row counts %d duplicates, want 1", dups)
+			}
+
+			batcher.mu.Lock()
+			defer batcher.mu.Unlock()
+			want := []string{msgs[0].msg.UUID, msgs[2].msg.UUID}
+			slices.Sort(want)
+			if len(batcher.prelude) != 1 || !slices.Equal(slices.Sorted(slices.Values(batcher.prelude[0])), slices.Sorted(slices.Values(append(slices.Clone(want), again.UUID)))) {
+				t.Errorf("Prelude calls %v, want one with %v and the redelivered %s", batcher.prelude, want, again.UUID)
+			}
+			if fail {
+				if len(batcher.batches) != 0 {
+					t.Errorf("HandleBatch ran %v after its prelude failed", batcher.batches)
+				}
+				for _, p := range msgs {
+					r.checkCalls(p, inOwn)
+				}
+				return
+			}
+			if len(batcher.batches) != 1 || !slices.Equal(slices.Sorted(slices.Values(batcher.batches[0])), want) {
+				t.Errorf("HandleBatch calls %v, want one with %v", batcher.batches, want)
+			}
+			r.checkCalls(msgs[1], inShared)
+		})
+	}
+}

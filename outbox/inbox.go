@@ -165,7 +165,7 @@ func (in *Inbox) Handle(ctx context.Context, id uuid.UUID, fn func(ctx context.C
 			err = fmt.Errorf("the claim returned %d rows", n.RowsAffected())
 		}
 		return err
-	}, in.q.inboxClaim, in.consumer, id)
+	}, nil, in.q.inboxClaim, in.consumer, id)
 	if err != nil {
 		return false, fmt.Errorf("claim message %s in %s inbox: %w", id, in.q.schema, err)
 	}

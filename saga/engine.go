@@ -271,8 +271,15 @@ func flush(ctx context.Context, tx pgx.Tx, w *writes) error {
 // runs their callbacks (QueuedQuery.Exec and friends), returns the first
 // error, and empties b. Callers that queue saga
 // writes with StartBatch send them (and their own) with it.
+//
+// In an inbox transaction, statements without callbacks go with the
+// COMMIT instead (outbox.SendAtCommit), one round trip less: their errors
+// are then the commit's, and the transaction does not commit.
 func SendBatch(ctx context.Context, tx pgx.Tx, b *pgx.Batch) error {
 	if b.Len() == 0 {
+		return nil
+	}
+	if outbox.SendAtCommit(tx, b) {
 		return nil
 	}
 	defer func() { *b = pgx.Batch{} }()

@@ -126,7 +126,7 @@ func (replyBatch) Take(msg *message.Message) (any, bool) {
 	if err != nil {
 		return nil, false
 	}
-	return idReply{id, r, msg.Context()}, true
+	return &idReply{id: id, r: r, ctx: msg.Context()}, true
 }
 
 type idReply struct {
@@ -134,6 +134,37 @@ type idReply struct {
 	r  Reply
 	// ctx is the message's: its consumer span, while tracing is on.
 	ctx context.Context
+	// locked is set once Prelude's statement locked and read the sagas;
+	// in is the reply's saga (nil: unknown).
+	locked bool
+	in     *Instance
+}
+
+var _ outbox.BatchPrelude = replyBatch{}
+
+// Prelude locks and reads the replies' sagas in the round trip of the
+// inbox's BEGIN and claim, instead of in one of its own. Locking the saga
+// of a redelivered reply changes nothing.
+func (replyBatch) Prelude(b *pgx.Batch, items []any) {
+	ids := make([]uuid.UUID, len(items))
+	for i, it := range items {
+		ids[i] = it.(*idReply).r.SagaID
+	}
+	b.Queue(sqlLockInstances, sortedIDs(ids)).Query(func(rows pgx.Rows) error {
+		sagas, err := scanInstances(rows)
+		if err != nil {
+			return fmt.Errorf("lock %d sagas: %w", len(ids), err)
+		}
+		byID := make(map[uuid.UUID]*Instance, len(sagas))
+		for _, in := range sagas {
+			byID[in.ID] = in
+		}
+		for _, it := range items {
+			ir := it.(*idReply)
+			ir.locked, ir.in = true, byID[ir.r.SagaID]
+		}
+		return nil
+	})
 }
 
 // HandleBatch applies replies together.
@@ -141,11 +172,26 @@ func (rb replyBatch) HandleBatch(ctx context.Context, tx pgx.Tx, items []any) er
 	replies := make([]Reply, len(items))
 	ids := make([]uuid.UUID, len(items))
 	traces := make([]context.Context, len(items))
-	for i, it := range items {
-		ir := it.(idReply)
-		ids[i], replies[i], traces[i] = ir.id, ir.r, ir.ctx
+	var locked map[uuid.UUID]*Instance
+	if items[0].(*idReply).locked {
+		locked = make(map[uuid.UUID]*Instance, len(items))
 	}
-	return rb.e.handleReplies(ctx, tx, ids, replies, traces)
+	for i, it := range items {
+		ir := it.(*idReply)
+		ids[i], replies[i], traces[i] = ir.id, ir.r, ir.ctx
+		if locked != nil && ir.in != nil {
+			locked[ir.r.SagaID] = ir.in
+		}
+	}
+	return rb.e.handleReplies(ctx, tx, ids, replies, traces, locked)
+}
+
+// sortedIDs sorts ids and drops repeats: the order in which sagas are
+// locked, so two transactions cannot deadlock.
+func sortedIDs(ids []uuid.UUID) []uuid.UUID {
+	ids = slices.Clone(ids)
+	slices.SortFunc(ids, func(a, b uuid.UUID) int { return slices.Compare(a[:], b[:]) })
+	return slices.Compact(ids)
 }
 
 // HandleReplies is HandleReply for many decoded replies (msgIDs[i] is the
@@ -154,30 +200,31 @@ func (rb replyBatch) HandleBatch(ctx context.Context, tx pgx.Tx, items []any) er
 // sending every write in one round trip. Any error is the batch's: the
 // caller handles the replies one by one instead.
 func (e *Engine) HandleReplies(ctx context.Context, tx pgx.Tx, msgIDs []uuid.UUID, replies []Reply) error {
-	return e.handleReplies(ctx, tx, msgIDs, replies, nil)
+	return e.handleReplies(ctx, tx, msgIDs, replies, nil, nil)
 }
 
 // handleReplies is HandleReplies; traces[i] (when given) is the context of
 // the message that carried replies[i], whose span the writes it causes
 // belong to.
-func (e *Engine) handleReplies(ctx context.Context, tx pgx.Tx, msgIDs []uuid.UUID, replies []Reply, traces []context.Context) error {
-	ids := make([]uuid.UUID, 0, len(replies))
-	for _, r := range replies {
-		ids = append(ids, r.SagaID)
-	}
-	slices.SortFunc(ids, func(a, b uuid.UUID) int { return slices.Compare(a[:], b[:]) })
-	ids = slices.Compact(ids)
-	rows, err := tx.Query(ctx, sqlLockInstances, ids)
-	if err != nil {
-		return fmt.Errorf("lock %d sagas: %w", len(ids), err)
-	}
-	sagas, err := scanInstances(rows)
-	if err != nil {
-		return fmt.Errorf("lock %d sagas: %w", len(ids), err)
-	}
-	locked := make(map[uuid.UUID]*Instance, len(sagas))
-	for _, in := range sagas {
-		locked[in.ID] = in
+func (e *Engine) handleReplies(ctx context.Context, tx pgx.Tx, msgIDs []uuid.UUID, replies []Reply, traces []context.Context, locked map[uuid.UUID]*Instance) error {
+	if locked == nil {
+		ids := make([]uuid.UUID, 0, len(replies))
+		for _, r := range replies {
+			ids = append(ids, r.SagaID)
+		}
+		ids = sortedIDs(ids)
+		rows, err := tx.Query(ctx, sqlLockInstances, ids)
+		if err != nil {
+			return fmt.Errorf("lock %d sagas: %w", len(ids), err)
+		}
+		sagas, err := scanInstances(rows)
+		if err != nil {
+			return fmt.Errorf("lock %d sagas: %w", len(ids), err)
+		}
+		locked = make(map[uuid.UUID]*Instance, len(sagas))
+		for _, in := range sagas {
+			locked[in.ID] = in
+		}
 	}
 	var w writes
 	for i, r := range replies {

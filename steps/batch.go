@@ -27,6 +27,67 @@ type action struct {
 	data  order.Data
 	// ctx is the message's: its consumer span, while tracing is on.
 	ctx context.Context
+	// read is set once Prelude's statements locked and read its steps
+	// row; found says whether there was one, with its status and reason.
+	read, found    bool
+	status, reason string
+}
+
+var _ outbox.BatchPrelude = actionBatch{}
+
+// Prelude locks the actions' steps rows and reads them, in the round trip
+// of the inbox's BEGIN and claim: the lock and the read HandleBatch would
+// otherwise send in a round trip of their own. A redelivery's lock and read
+// change nothing.
+func (ab actionBatch) Prelude(b *pgx.Batch, items []any) {
+	p := ab.p
+	acts, keys, ids := stepKeys(items)
+	b.Queue(p.q.lockMany, p.name, keys)
+	b.Queue(p.q.readMany, p.name, ids).Query(func(rows pgx.Rows) error {
+		found, err := scanSteps(rows)
+		if err != nil {
+			return fmt.Errorf("read %d step rows: %w", len(ids), err)
+		}
+		for _, a := range acts {
+			r, ok := found[a.cmd.SagaID]
+			a.read, a.found, a.status, a.reason = true, ok, r.status, r.reason
+		}
+		return nil
+	})
+}
+
+// stepKeys returns the actions of items, their lock keys and saga ids.
+func stepKeys(items []any) ([]*action, []string, []uuid.UUID) {
+	acts := make([]*action, len(items))
+	keys := make([]string, len(items))
+	ids := make([]uuid.UUID, len(items))
+	for i, it := range items {
+		a := it.(*action)
+		acts[i], keys[i], ids[i] = a, a.cmd.SagaID.String()+"/"+a.cmd.Step, a.cmd.SagaID
+	}
+	return acts, keys, ids
+}
+
+// stepRow is a steps row's status and refusal reason.
+type stepRow struct{ status, reason string }
+
+// scanSteps reads rows of readMany by saga id.
+func scanSteps(rows pgx.Rows) (map[uuid.UUID]stepRow, error) {
+	found := map[uuid.UUID]stepRow{}
+	var (
+		id     uuid.UUID
+		status string
+		reason *string
+	)
+	_, err := pgx.ForEachRow(rows, []any{&id, &status, &reason}, func() error {
+		r := stepRow{status: status}
+		if reason != nil {
+			r.reason = *reason
+		}
+		found[id] = r
+		return nil
+	})
+	return found, err
 }
 
 // Take takes the action commands that decode, validate and ask for no
@@ -49,45 +110,29 @@ func (ab actionBatch) Take(msg *message.Message) (any, bool) {
 // HandleBatch applies the actions as the package documentation's table says.
 func (ab actionBatch) HandleBatch(ctx context.Context, tx pgx.Tx, items []any) error {
 	p := ab.p
-	acts := make([]*action, len(items))
-	keys := make([]string, len(items))
-	ids := make([]uuid.UUID, len(items))
-	for i, it := range items {
-		a := it.(*action)
-		acts[i], keys[i], ids[i] = a, a.cmd.SagaID.String()+"/"+a.cmd.Step, a.cmd.SagaID
-	}
-	// One round trip: lock every (saga, step) in key order, then read the
-	// rows in a statement of its own, whose snapshot comes after the locks.
+	acts, keys, ids := stepKeys(items)
+	found := make(map[uuid.UUID]stepRow, len(acts))
 	var b pgx.Batch
-	b.Queue(p.q.lockMany, p.name, keys)
-	b.Queue(p.q.readMany, p.name, ids)
-	br := tx.SendBatch(ctx, &b)
-	if _, err := br.Exec(); err != nil {
-		_ = br.Close()
-		return fmt.Errorf("lock %d step rows: %w", len(keys), err)
-	}
-	type row struct{ status, reason string }
-	found := make(map[uuid.UUID]row, len(ids))
-	rows, _ := br.Query()
-	var (
-		id     uuid.UUID
-		status string
-		reason *string
-	)
-	_, err := pgx.ForEachRow(rows, []any{&id, &status, &reason}, func() error {
-		r := row{status: status}
-		if reason != nil {
-			r.reason = *reason
+	if acts[0].read {
+		for _, a := range acts {
+			if a.found {
+				found[a.cmd.SagaID] = stepRow{a.status, a.reason}
+			}
 		}
-		found[id] = r
-		return nil
-	})
-	if err != nil {
-		_ = br.Close()
-		return fmt.Errorf("read %d step rows: %w", len(ids), err)
-	}
-	if err := br.Close(); err != nil {
-		return fmt.Errorf("read %d step rows: %w", len(ids), err)
+	} else {
+		// No prelude ran: one round trip locks every (saga, step) in key
+		// order, then reads the rows in a statement of its own, whose
+		// snapshot comes after the locks.
+		b.Queue(p.q.lockMany, p.name, keys)
+		b.Queue(p.q.readMany, p.name, ids).Query(func(rows pgx.Rows) error {
+			var err error
+			found, err = scanSteps(rows)
+			return err
+		})
+		if err := tx.SendBatch(ctx, &b).Close(); err != nil {
+			return fmt.Errorf("lock and read %d step rows: %w", len(keys), err)
+		}
+		b = pgx.Batch{}
 	}
 
 	// Outcomes of the actions seen before; effects of the new ones.
@@ -97,6 +142,7 @@ func (ab actionBatch) HandleBatch(ctx context.Context, tx pgx.Tx, items []any) e
 		fresh    []int
 		freshIDs []uuid.UUID
 		freshDs  []*order.Data
+		err      error
 	)
 	for i, a := range acts {
 		r, ok := found[a.cmd.SagaID]
