@@ -25,8 +25,10 @@
 // one saga's commands serialise. An effect decides whether it can be done
 // before it writes anything (inventory locks its stock rows to decide), and
 // its writes, the row and the reply in the participant's outbox go to
-// PostgreSQL in one round trip; with the inbox claim they commit in one
-// transaction.
+// PostgreSQL in one round trip, with the COMMIT when the transaction is the
+// inbox's (saga.SendBatch); with the inbox claim they commit in one
+// transaction. In a shared transaction, the actions' locks and reads go in
+// the round trip of the claim (actionBatch.Prelude).
 //
 // A fault (bad payload, database error, injected error) is never a reply: the
 // handler returns an error, which is retried and then dead-lettered.
