@@ -2,11 +2,15 @@ package migrations_test
 
 import (
 	"context"
+	"errors"
 	"slices"
+	"strings"
 	"sync"
 	"testing"
 
+	"github.com/google/uuid"
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
 
 	"github.com/sagaflow/sagaflow/internal/testenv"
 	"github.com/sagaflow/sagaflow/migrations"
@@ -106,5 +110,41 @@ func TestApplyUnreachable(t *testing.T) {
 	_, err := migrations.Apply(context.Background(), "postgres://postgres@127.0.0.1:1/none?sslmode=disable&connect_timeout=2")
 	if err == nil {
 		t.Fatal("migrating an unreachable database succeeded")
+	}
+}
+
+// orders.settle (migration 011) settles a pending order, and refuses, with
+// SQLSTATE P0002 and the order named, an order that is missing or settled
+// already: the check the orchestrator's transaction relies on.
+func TestSettleRefusesAnOrderNotPending(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	db := testenv.DB(t)
+	id := uuid.New()
+	if _, err := db.Pool.Exec(ctx, `INSERT INTO orders.orders
+		(id, saga_id, idempotency_key, request_hash, customer_id, items, amount_cents, currency, shipping_address, status)
+		VALUES ($1, $2, 'k', '\x00', 'c', '[]', 100, 'EUR', '{}', 'pending')`, id, uuid.New()); err != nil {
+		t.Fatal(err)
+	}
+	settle := func(id uuid.UUID, status string) error {
+		_, err := db.Pool.Exec(ctx, `SELECT orders.settle($1, $2, $3)`, id, status, "why")
+		return err
+	}
+	if err := settle(id, "cancelled"); err != nil {
+		t.Fatalf("settle a pending order: %v", err)
+	}
+	var status, reason string
+	if err := db.Pool.QueryRow(ctx, `SELECT status, reason FROM orders.orders WHERE id = $1`, id).Scan(&status, &reason); err != nil || status != "cancelled" || reason != "why" {
+		t.Fatalf("settled order: %q %q (%v), want cancelled, why", status, reason, err)
+	}
+	for _, c := range []struct {
+		name string
+		id   uuid.UUID
+	}{{"settled already", id}, {"missing", uuid.New()}} {
+		err := settle(c.id, "confirmed")
+		var pgErr *pgconn.PgError
+		if !errors.As(err, &pgErr) || pgErr.Code != "P0002" || !strings.Contains(pgErr.Message, c.id.String()) {
+			t.Errorf("settle an order %s: %v, want P0002 naming %s", c.name, err, c.id)
+		}
 	}
 }

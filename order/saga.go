@@ -6,7 +6,6 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
-	"github.com/jackc/pgx/v5/pgconn"
 
 	"github.com/sagaflow/sagaflow/kafkax"
 	"github.com/sagaflow/sagaflow/saga"
@@ -64,11 +63,6 @@ func (s *Service) settle(b *pgx.Batch, in *saga.Instance, status Status, event, 
 	if err := json.Unmarshal(in.Data, &d); err != nil {
 		return fmt.Errorf("decode order of saga %s: %w", in.ID, err)
 	}
-	b.Queue(sqlSettleOrder, d.OrderID, string(status), reason).Exec(func(tag pgconn.CommandTag) error {
-		if tag.RowsAffected() != 1 {
-			return fmt.Errorf("mark order %s %s: the order is missing or not pending", d.OrderID, status)
-		}
-		return nil
-	})
+	b.Queue(sqlSettleOrder, d.OrderID, string(status), reason)
 	return s.queueEvent(b, event, d, in.ID, reason)
 }

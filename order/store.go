@@ -35,8 +35,9 @@ RETURNING id`
 
 	sqlOrderByKey = `SELECT id, saga_id, status, request_hash FROM orders.orders WHERE idempotency_key = $1`
 
-	sqlSettleOrder = `UPDATE orders.orders SET status = $2, reason = NULLIF($3, ''), updated_at = now()
-WHERE id = $1 AND status = 'pending'`
+	// sqlSettleOrder fails (SQLSTATE P0002) unless the order was pending
+	// (migration 011): no callback reads its result.
+	sqlSettleOrder = `SELECT orders.settle($1, $2, $3)`
 
 	sqlGetOrder = `SELECT id, saga_id, customer_id, items, amount_cents, currency, shipping_address, status, COALESCE(reason, ''), created_at, updated_at
 FROM orders.orders WHERE id = $1`
