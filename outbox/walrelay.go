@@ -357,16 +357,7 @@ func (r *Relay) stream(ctx context.Context, ws *walState, log *slog.Logger, back
 	sendDone := make(chan struct{})
 	go func() {
 		defer close(sendDone)
-		// The snapshot read that tells a run of transactions visible goes
-		// on while the sender sends the run before.
-		visible := make(chan walTx, cap(txs))
-		passed := make(chan struct{})
-		go func() {
-			defer close(passed)
-			r.passVisible(sendCtx, log, txs, visible)
-		}()
-		r.sendTxs(sendCtx, ws, log, visible, &confirmed, &pending)
-		<-passed
+		r.sendTxs(sendCtx, ws, log, txs, &confirmed, &pending)
 	}()
 	err = r.receive(ctx, conn, drained, txs, sendDone, &confirmed, &pending)
 	stopSending()
@@ -470,53 +461,10 @@ func (r *Relay) countPublished(batch []row) {
 	}
 }
 
-// passVisible hands the streamed transactions from in to out, in order, once
-// other sessions see them (see visibility): whatever has arrived is checked
-// with one snapshot read, while the sender sends what went before.
-func (r *Relay) passVisible(ctx context.Context, log *slog.Logger, in <-chan walTx, out chan<- walTx) {
-	vis := &visibility{r: r}
-	var (
-		run  []walTx
-		xids []uint32
-	)
-	for {
-		run, xids = run[:0], xids[:0]
-		select {
-		case <-ctx.Done():
-			return
-		case tx := <-in:
-			run = append(run, tx)
-		}
-	more:
-		for len(run) < cap(in) {
-			select {
-			case tx := <-in:
-				run = append(run, tx)
-			default:
-				break more
-			}
-		}
-		for _, tx := range run {
-			xids = append(xids, tx.xid)
-		}
-		if err := vis.await(ctx, xids); err != nil && ctx.Err() == nil {
-			log.Warn("check that streamed transactions are visible failed; publishing them anyway", "err", err)
-		}
-		for _, tx := range run {
-			select {
-			case <-ctx.Done():
-				return
-			case out <- tx:
-			}
-		}
-	}
-}
-
 // sendTxs publishes the streamed transactions in commit order, taking
-// whatever has arrived (visible: see passVisible) as one batch. A row Kafka
-// did not take is held and tried again with the next batch, in front of
-// it; the newer rows of every other key go on meanwhile (one sick partition
-// does not stall the rest).
+// whatever has arrived as one batch. A row Kafka did not take is held and
+// tried again with the next batch, in front of it; the newer rows of every
+// other key go on meanwhile (one sick partition does not stall the rest).
 // A row Kafka will never take is parked. The confirmed position advances
 // past a transaction once every row of it and of every earlier one was sent
 // or parked: a restart repeats what was not confirmed, and the inboxes
@@ -525,7 +473,9 @@ func (r *Relay) sendTxs(ctx context.Context, ws *walState, log *slog.Logger, txs
 	var (
 		window  txWindow
 		held    []heldRow
+		xids    []uint32
 		unknown = map[uuid.UUID]int{}
+		vis     = &visibility{r: r}
 		backoff = newBackoff(100*time.Millisecond, time.Second)
 	)
 	for {
@@ -557,8 +507,10 @@ func (r *Relay) sendTxs(ctx context.Context, ws *walState, log *slog.Logger, txs
 		batch := make([]heldRow, 0, len(held)+len(tx.rows))
 		batch = append(batch, held...)
 		var deferred []heldRow
+		xids = xids[:0]
 		take := func(tx walTx) {
 			id := window.push(tx.end, len(tx.rows))
+			xids = append(xids, tx.xid)
 			for _, rw := range tx.rows {
 				h := heldRow{row: rw, tx: id}
 				if heldKeys[h.partitionKey()] {
@@ -578,6 +530,11 @@ func (r *Relay) sendTxs(ctx context.Context, ws *walState, log *slog.Logger, txs
 				take(tx)
 			default:
 				break more
+			}
+		}
+		if len(xids) > 0 {
+			if err := vis.await(ctx, xids); err != nil && ctx.Err() == nil {
+				log.Warn("check that streamed transactions are visible failed; publishing them anyway", "err", err)
 			}
 		}
 		rows := make([]row, len(batch))
