@@ -1,7 +1,9 @@
 // Package kafkax is Sagaflow's Kafka wiring in one place: the sarama settings
-// every producer and consumer uses, watermill-kafka publishers and subscribers
-// built from them, explicit topic creation, and the embedded kfake cluster of
-// `sagaflow dev` and the fast tests.
+// every consumer and the dead-letter publisher use, watermill-kafka
+// publishers and subscribers built from them, the outbox relay's producer
+// (franz-go's kgo, behind sarama's SendMessages: RelayProducer), explicit
+// topic creation, and the embedded kfake cluster of `sagaflow dev` and the
+// fast tests.
 //
 // The settings follow what DESIGN.md measured: sarama's protocol version is
 // 2.8 (Kafka 4 refuses anything older than 2.1, and watermill-kafka's default

@@ -134,7 +134,7 @@ func (e *env) relay(ctx context.Context, p outbox.Producer, tweak func(*outbox.R
 func (e *env) startRelay(ctx context.Context, p outbox.Producer, tweak func(*outbox.RelayConfig)) (r *outbox.Relay, stop func()) {
 	e.t.Helper()
 	if p == nil {
-		sp, err := e.kafka.NewSyncProducer()
+		sp, err := e.kafka.NewRelayProducer()
 		if err != nil {
 			e.t.Fatal(err)
 		}
@@ -367,7 +367,7 @@ func TestRelayKilledBeforeDeleteRepublishes(t *testing.T) {
 		const n = 300
 		e.writeMany(ctx, 3, n/3, 10)
 
-		sp, err := e.kafka.NewSyncProducer()
+		sp, err := e.kafka.NewRelayProducer()
 		if err != nil {
 			t.Fatal(err)
 		}

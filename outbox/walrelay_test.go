@@ -55,7 +55,7 @@ func TestWALRelayRepeatsWhatItDidNotConfirm(t *testing.T) {
 	ctx := context.Background()
 	e := setup(t)
 	c := e.consume(ctx, nil)
-	sp, err := e.kafka.NewSyncProducer()
+	sp, err := e.kafka.NewRelayProducer()
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -148,7 +148,7 @@ func TestRelayModeFollowsReplicationRight(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer pool.Close()
-	sp, err := e.kafka.NewSyncProducer()
+	sp, err := e.kafka.NewRelayProducer()
 	if err != nil {
 		t.Fatal(err)
 	}

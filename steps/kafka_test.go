@@ -77,7 +77,7 @@ func TestKafkaRoundTrip(t *testing.T) {
 	}
 
 	// The relay over the saga outbox (the commands) and the participants'.
-	producer, err := kafka.NewSyncProducer()
+	producer, err := kafka.NewRelayProducer()
 	if err != nil {
 		t.Fatal(err)
 	}

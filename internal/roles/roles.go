@@ -300,7 +300,7 @@ func (s *Stack) Run(ctx context.Context) error {
 		})
 	}
 	if cfg.has(Relay) {
-		producer, err := cfg.Kafka.NewSyncProducer()
+		producer, err := cfg.Kafka.NewRelayProducer()
 		if err != nil {
 			return err
 		}
