@@ -27,11 +27,11 @@ type RelayProducer struct {
 }
 
 // Relay producer bounds: a partition without a leader, or a broker that
-// does not answer, fails its records within about RelayDeliveryTimeout, and
+// does not answer, fails its records within about relayDeliveryTimeout, and
 // the relay tries them again while the other partitions' records flow.
 const (
 	relayRecordRetries   = 2
-	RelayDeliveryTimeout = 5 * time.Second
+	relayDeliveryTimeout = 5 * time.Second
 )
 
 // NewRelayProducer returns the relay's producer: idempotent, acks from all
@@ -46,7 +46,7 @@ func (c Config) NewRelayProducer() (*RelayProducer, error) {
 		kgo.ProducerLinger(0),
 		kgo.RecordRetries(relayRecordRetries),
 		kgo.UnknownTopicRetries(1),
-		kgo.RecordDeliveryTimeout(RelayDeliveryTimeout),
+		kgo.RecordDeliveryTimeout(relayDeliveryTimeout),
 		// The bounds above may fail a record whose request went out and
 		// got no answer (a broker killed mid-request): kgo refuses that by
 		// default, for the duplicate a retry may make, and would hold the

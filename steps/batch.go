@@ -110,31 +110,22 @@ func (ab actionBatch) Take(msg *message.Message) (any, bool) {
 // HandleBatch applies the actions as the package documentation's table says.
 func (ab actionBatch) HandleBatch(ctx context.Context, tx pgx.Tx, items []any) error {
 	p := ab.p
-	acts, keys, ids := stepKeys(items)
-	found := make(map[uuid.UUID]stepRow, len(acts))
-	var b pgx.Batch
-	if acts[0].read {
-		for _, a := range acts {
-			if a.found {
-				found[a.cmd.SagaID] = stepRow{a.status, a.reason}
-			}
+	acts, _, _ := stepKeys(items)
+	if !acts[0].read {
+		// No prelude ran: its lock and read, in a round trip of their own.
+		var pre pgx.Batch
+		ab.Prelude(&pre, items)
+		if err := tx.SendBatch(ctx, &pre).Close(); err != nil {
+			return fmt.Errorf("lock and read %d step rows: %w", len(acts), err)
 		}
-	} else {
-		// No prelude ran: one round trip locks every (saga, step) in key
-		// order, then reads the rows in a statement of its own, whose
-		// snapshot comes after the locks.
-		b.Queue(p.q.lockMany, p.name, keys)
-		b.Queue(p.q.readMany, p.name, ids).Query(func(rows pgx.Rows) error {
-			var err error
-			found, err = scanSteps(rows)
-			return err
-		})
-		if err := tx.SendBatch(ctx, &b).Close(); err != nil {
-			return fmt.Errorf("lock and read %d step rows: %w", len(keys), err)
-		}
-		b = pgx.Batch{}
 	}
-
+	found := make(map[uuid.UUID]stepRow, len(acts))
+	for _, a := range acts {
+		if a.found {
+			found[a.cmd.SagaID] = stepRow{a.status, a.reason}
+		}
+	}
+	var b pgx.Batch
 	// Outcomes of the actions seen before; effects of the new ones.
 	outcomes := make([]saga.Outcome, len(acts))
 	reasons := make([]string, len(acts))
