@@ -438,6 +438,9 @@ func (w *window) run(ctx context.Context, start, end time.Time) {
 		if w.pg.Statements, err = topStatements(ctx, w.pool, w.cfg.PGStatements, sagas); err != nil {
 			w.errs = append(w.errs, err)
 		}
+		if err := statementTotals(ctx, w.pool, w.pg, sagas); err != nil {
+			w.errs = append(w.errs, err)
+		}
 	}
 }
 

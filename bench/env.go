@@ -80,6 +80,7 @@ func startInProcess(ctx context.Context, cfg *Config) (_ *env, err error) {
 	settings := maps.Clone(PGSettings)
 	if cfg.PGStatements > 0 {
 		settings["shared_preload_libraries"] = "pg_stat_statements"
+		settings["pg_stat_statements.track_planning"] = "on"
 	}
 	pg, err := pgserver.Start(ctx, pgserver.Options{Dir: pgDir, Settings: settings})
 	if err != nil {

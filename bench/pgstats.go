@@ -25,15 +25,23 @@ type PGStats struct {
 	WALBytesPerSaga float64 `json:"wal_bytes_per_saga"`
 	// Statements are the costliest statements (Config.PGStatements).
 	Statements []Statement `json:"statements,omitempty"`
+	// ExecMSPerSaga and PlanMSPerSaga are the time every statement of the
+	// window took to execute and to plan, per saga (Config.PGStatements):
+	// planning is where a statement's custom plan costs, and
+	// pg_stat_statements' execution times leave it out.
+	ExecMSPerSaga float64 `json:"exec_ms_per_saga,omitempty"`
+	PlanMSPerSaga float64 `json:"plan_ms_per_saga,omitempty"`
 }
 
 // Statement is one statement's share of the window, from
 // pg_stat_statements.
 type Statement struct {
-	Query        string  `json:"query"`
-	Calls        int64   `json:"calls"`
-	TotalMS      float64 `json:"total_ms"`
-	MeanMS       float64 `json:"mean_ms"`
+	Query   string  `json:"query"`
+	Calls   int64   `json:"calls"`
+	TotalMS float64 `json:"total_ms"`
+	MeanMS  float64 `json:"mean_ms"`
+	// PlanMS is the time spent planning it (pg_stat_statements.track_planning).
+	PlanMS       float64 `json:"plan_ms"`
 	CallsPerSaga float64 `json:"calls_per_saga"`
 }
 
@@ -72,22 +80,38 @@ func resetStatements(ctx context.Context, pool *pgxpool.Pool) error {
 	return nil
 }
 
-// topStatements reads the n statements that took the most time.
+// statementTotals reads the time every statement took to execute and to
+// plan, per saga, into st.
+func statementTotals(ctx context.Context, pool *pgxpool.Pool, st *PGStats, sagas int64) error {
+	var exec, plan float64
+	err := pool.QueryRow(ctx, `SELECT COALESCE(sum(total_exec_time), 0), COALESCE(sum(total_plan_time), 0)
+		FROM pg_stat_statements WHERE dbid = (SELECT oid FROM pg_database WHERE datname = current_database())`).Scan(&exec, &plan)
+	if err != nil {
+		return fmt.Errorf("read pg_stat_statements: %w", err)
+	}
+	if sagas > 0 {
+		st.ExecMSPerSaga, st.PlanMSPerSaga = round(exec/float64(sagas), 3), round(plan/float64(sagas), 3)
+	}
+	return nil
+}
+
+// topStatements reads the n statements that took the most time, planning
+// included.
 func topStatements(ctx context.Context, pool *pgxpool.Pool, n int, sagas int64) ([]Statement, error) {
-	rows, err := pool.Query(ctx, `SELECT query, calls, total_exec_time, mean_exec_time
+	rows, err := pool.Query(ctx, `SELECT query, calls, total_exec_time, mean_exec_time, total_plan_time
 		FROM pg_stat_statements WHERE dbid = (SELECT oid FROM pg_database WHERE datname = current_database())
-		ORDER BY total_exec_time DESC LIMIT $1`, n)
+		ORDER BY total_exec_time + total_plan_time DESC LIMIT $1`, n)
 	if err != nil {
 		return nil, fmt.Errorf("read pg_stat_statements: %w", err)
 	}
 	out, err := pgx.CollectRows(rows, func(r pgx.CollectableRow) (Statement, error) {
 		var s Statement
-		err := r.Scan(&s.Query, &s.Calls, &s.TotalMS, &s.MeanMS)
+		err := r.Scan(&s.Query, &s.Calls, &s.TotalMS, &s.MeanMS, &s.PlanMS)
 		s.Query = strings.Join(strings.Fields(s.Query), " ")
 		if len(s.Query) > 160 {
 			s.Query = s.Query[:160] + "…"
 		}
-		s.TotalMS, s.MeanMS = round(s.TotalMS, 1), round(s.MeanMS, 3)
+		s.TotalMS, s.MeanMS, s.PlanMS = round(s.TotalMS, 1), round(s.MeanMS, 3), round(s.PlanMS, 1)
 		if sagas > 0 {
 			s.CallsPerSaga = round(float64(s.Calls)/float64(sagas), 2)
 		}

@@ -190,8 +190,11 @@ func (r *Report) PrintTable(w io.Writer) error {
 	if p := r.Postgres; p != nil {
 		row("PostgreSQL", "%d commits (%.1f per saga), %d WAL syncs (%.1f per saga), %.1f MB WAL (%.0f B per saga)",
 			p.Commits, p.CommitsPerSaga, p.WALSyncs, p.WALSyncsPerSaga, float64(p.WALBytes)/1e6, p.WALBytesPerSaga)
+		if len(p.Statements) > 0 {
+			row("  statements", "%.3f ms executing, %.3f ms planning per saga", p.ExecMSPerSaga, p.PlanMSPerSaga)
+		}
 		for _, s := range p.Statements {
-			row("  statement", "%8.0f ms  %6.2f calls/saga  %7.3f ms/call  %s", s.TotalMS, s.CallsPerSaga, s.MeanMS, s.Query)
+			row("  statement", "%8.0f ms  %6.2f calls/saga  %7.3f ms/call  plan %6.0f ms  %s", s.TotalMS, s.CallsPerSaga, s.MeanMS, s.PlanMS, s.Query)
 		}
 	}
 	row("verify", "%s", r.Verify.Summary)

@@ -150,7 +150,8 @@ func (replyBatch) Prelude(b *pgx.Batch, items []any) {
 	for i, it := range items {
 		ids[i] = it.(*idReply).r.SagaID
 	}
-	b.Queue(sqlLockInstances, sortedIDs(ids)).Query(func(rows pgx.Rows) error {
+	sql, arg := lockInstances(sortedIDs(ids))
+	b.Queue(sql, arg).Query(func(rows pgx.Rows) error {
 		sagas, err := scanInstances(rows)
 		if err != nil {
 			return fmt.Errorf("lock %d sagas: %w", len(ids), err)
@@ -186,6 +187,19 @@ func (rb replyBatch) HandleBatch(ctx context.Context, tx pgx.Tx, items []any) er
 	return rb.e.handleReplies(ctx, tx, ids, replies, traces, locked)
 }
 
+// lockInstances is the statement and argument that lock and read the
+// sagas ids (sorted, distinct). One saga, the usual case at low load, is
+// locked by its key: PostgreSQL keeps that statement's generic plan, where
+// it plans "id = ANY($1)" afresh at every call (its generic plan expects ten
+// ids, so a custom plan always looks cheaper), which cost about 0.1 ms a
+// call, measured with pg_stat_statements.track_planning.
+func lockInstances(ids []uuid.UUID) (string, any) {
+	if len(ids) == 1 {
+		return sqlLockInstance, ids[0]
+	}
+	return sqlLockInstances, ids
+}
+
 // sortedIDs sorts ids and drops repeats: the order in which sagas are
 // locked, so two transactions cannot deadlock.
 func sortedIDs(ids []uuid.UUID) []uuid.UUID {
@@ -213,7 +227,8 @@ func (e *Engine) handleReplies(ctx context.Context, tx pgx.Tx, msgIDs []uuid.UUI
 			ids = append(ids, r.SagaID)
 		}
 		ids = sortedIDs(ids)
-		rows, err := tx.Query(ctx, sqlLockInstances, ids)
+		sql, arg := lockInstances(ids)
+		rows, err := tx.Query(ctx, sql, arg)
 		if err != nil {
 			return fmt.Errorf("lock %d sagas: %w", len(ids), err)
 		}

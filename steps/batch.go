@@ -31,19 +31,29 @@ type action struct {
 	// row; found says whether there was one, with its status and reason.
 	read, found    bool
 	status, reason string
+	// pre is what the effect's prelude read (prereader), shared by the
+	// batch's actions.
+	pre any
 }
 
 var _ outbox.BatchPrelude = actionBatch{}
 
-// Prelude locks the actions' steps rows and reads them, in the round trip
-// of the inbox's BEGIN and claim: the lock and the read HandleBatch would
-// otherwise send in a round trip of their own. A redelivery's lock and read
-// change nothing.
+// Prelude locks the actions' steps rows and reads them, and then runs the
+// effect's own prelude (inventory locks and reads its stock rows), in the
+// round trip of the inbox's BEGIN and claim: the locks and reads
+// HandleBatch would otherwise send in round trips of their own. A
+// redelivery's locks and reads change nothing.
 func (ab actionBatch) Prelude(b *pgx.Batch, items []any) {
 	p := ab.p
 	acts, keys, ids := stepKeys(items)
 	b.Queue(p.q.lockMany, p.name, keys)
-	b.Queue(p.q.readMany, p.name, ids).Query(func(rows pgx.Rows) error {
+	var read *pgx.QueuedQuery
+	if len(ids) == 1 {
+		read = b.Queue(p.q.readOne, p.name, ids[0])
+	} else {
+		read = b.Queue(p.q.readMany, p.name, ids)
+	}
+	read.Query(func(rows pgx.Rows) error {
 		found, err := scanSteps(rows)
 		if err != nil {
 			return fmt.Errorf("read %d step rows: %w", len(ids), err)
@@ -54,6 +64,16 @@ func (ab actionBatch) Prelude(b *pgx.Batch, items []any) {
 		}
 		return nil
 	})
+	if pr, ok := p.fx.(prereader); ok {
+		ds := make([]*order.Data, len(acts))
+		for i, a := range acts {
+			ds[i] = &a.data
+		}
+		pre := pr.prelude(b, ds)
+		for _, a := range acts {
+			a.pre = pre
+		}
+	}
 }
 
 // stepKeys returns the actions of items, their lock keys and saga ids.
@@ -148,7 +168,12 @@ func (ab actionBatch) HandleBatch(ctx context.Context, tx pgx.Tx, items []any) e
 		}
 	}
 	if len(fresh) > 0 {
-		refusals, err := p.fx.apply(ctx, tx, &b, freshIDs, freshDs)
+		var refusals []string
+		if pr, ok := p.fx.(prereader); ok {
+			refusals, err = pr.applyPre(ctx, tx, &b, freshIDs, freshDs, acts[0].pre)
+		} else {
+			refusals, err = p.fx.apply(ctx, tx, &b, freshIDs, freshDs)
+		}
 		if err != nil {
 			return fmt.Errorf("%s: %d actions: %w", p.name, len(fresh), err)
 		}

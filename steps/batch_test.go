@@ -1,19 +1,31 @@
 package steps_test
 
 import (
+	"fmt"
 	"testing"
 
 	"github.com/ThreeDotsLabs/watermill/message"
 	"github.com/google/uuid"
+	"github.com/jackc/pgx/v5"
 
 	"github.com/sagaflow/sagaflow/order"
+	"github.com/sagaflow/sagaflow/outbox"
 	"github.com/sagaflow/sagaflow/saga"
 	"github.com/sagaflow/sagaflow/steps"
 )
 
 // deliverBatch applies msgs with p's batch handler in one transaction, as a
-// shared transaction of its inbox does; every message must be taken.
+// shared transaction of its inbox does; every message must be taken. It
+// runs no prelude: HandleBatch locks and reads on its own.
 func (e *env) deliverBatch(p *steps.Participant, msgs ...*message.Message) {
+	e.t.Helper()
+	e.deliverBatchWith(p, false, msgs...)
+}
+
+// deliverBatchWith is deliverBatch; with prelude, the batch handler's
+// Prelude runs first in a round trip of its own, as the inbox runs it with
+// its claim.
+func (e *env) deliverBatchWith(p *steps.Participant, prelude bool, msgs ...*message.Message) {
 	e.t.Helper()
 	items := make([]any, len(msgs))
 	for i, msg := range msgs {
@@ -28,6 +40,13 @@ func (e *env) deliverBatch(p *steps.Participant, msgs ...*message.Message) {
 		e.t.Fatal(err)
 	}
 	defer tx.Rollback(e.ctx) //nolint:errcheck // a no-op after Commit
+	if prelude {
+		var b pgx.Batch
+		p.Batch().(outbox.BatchPrelude).Prelude(&b, items)
+		if err := tx.SendBatch(e.ctx, &b).Close(); err != nil {
+			e.t.Fatalf("prelude of %d: %v", len(msgs), err)
+		}
+	}
 	if err := p.Batch().HandleBatch(e.ctx, tx, items); err != nil {
 		e.t.Fatalf("batch of %d: %v", len(msgs), err)
 	}
@@ -38,9 +57,20 @@ func (e *env) deliverBatch(p *steps.Participant, msgs ...*message.Message) {
 
 // One batch of inventory actions decides each against the stock the ones
 // before it left, and answers the actions it has seen before from their
-// rows, as the one-at-a-time handler does.
+// rows, as the one-at-a-time handler does: with its prelude (the inbox's
+// way: the steps rows and the stock rows locked and read with the claim)
+// and without.
 func TestActionBatchInventory(t *testing.T) {
 	t.Parallel()
+	for _, prelude := range []bool{true, false} {
+		t.Run(fmt.Sprintf("prelude=%t", prelude), func(t *testing.T) {
+			t.Parallel()
+			testActionBatchInventory(t, prelude)
+		})
+	}
+}
+
+func testActionBatchInventory(t *testing.T, prelude bool) {
 	e := setup(t) // stock A=10, B=5, C=0
 	p := e.participant(order.StepInventory, nil)
 	items := func(its ...order.Item) order.Data {
@@ -53,7 +83,7 @@ func TestActionBatchInventory(t *testing.T) {
 	e.mustDeliver(p, command(t, p, saga.KindCompensation, tomb, 1, newOrder()))
 
 	first, rest, late, empty, unknown := newSaga(), newSaga(), newSaga(), newSaga(), newSaga()
-	e.deliverBatch(p,
+	e.deliverBatchWith(p, prelude,
 		command(t, p, saga.KindAction, first, 1, items(order.Item{SKU: "A", Quantity: 2}, order.Item{SKU: "B", Quantity: 1})),
 		command(t, p, saga.KindAction, rest, 1, items(order.Item{SKU: "A", Quantity: 6})),
 		command(t, p, saga.KindAction, late, 1, items(order.Item{SKU: "A", Quantity: 1}, order.Item{SKU: "B", Quantity: 1})),

@@ -27,3 +27,8 @@ func (halfwayRefuser) apply(_ context.Context, _ pgx.Tx, b *pgx.Batch, ids []uui
 	}
 	return refusals, nil
 }
+
+// applyPre is the halfway refuser's apply on the batch path too.
+func (h halfwayRefuser) applyPre(ctx context.Context, tx pgx.Tx, b *pgx.Batch, ids []uuid.UUID, ds []*order.Data, _ any) ([]string, error) {
+	return h.apply(ctx, tx, b, ids, ds)
+}

@@ -141,6 +141,18 @@ type effect interface {
 	undo(ctx context.Context, tx pgx.Tx, b *pgx.Batch, sagaID uuid.UUID) error
 }
 
+// prereader is an effect that locks and reads what apply needs in the round
+// trip of the inbox's BEGIN and claim (actionBatch.Prelude), instead of in
+// one of its own. prelude runs for every action taken, redeliveries
+// included, so it may only lock and read; what it returns is filled in once
+// that round trip's results are read, and handed to applyPre.
+type prereader interface {
+	prelude(b *pgx.Batch, ds []*order.Data) (pre any)
+	// applyPre is apply for the actions ds (some of those prelude was
+	// given) with what prelude read.
+	applyPre(ctx context.Context, tx pgx.Tx, b *pgx.Batch, ids []uuid.UUID, ds []*order.Data, pre any) (refusals []string, err error)
+}
+
 // Participant is one participant of the order saga: it handles the action
 // and compensation commands of its step.
 type Participant struct {
@@ -574,8 +586,11 @@ func (p *Participant) firstCrash(ctx context.Context, point, msgID string) (bool
 type stepQueries struct {
 	lock, read, insert, update, crashMark string
 	// lockMany, readMany and insertMany are lock, read and insert for a
-	// batch of actions.
-	lockMany, readMany, insertMany string
+	// batch of actions. readOne is readMany for one saga: PostgreSQL
+	// keeps its generic plan, where it plans "saga_id = ANY($2)" afresh at
+	// every call (0.11 ms a call, measured with
+	// pg_stat_statements.track_planning, against 0.015 ms to run it).
+	lockMany, readMany, readOne, insertMany string
 }
 
 func newStepQueries(schema string) stepQueries {
@@ -591,6 +606,7 @@ func newStepQueries(schema string) stepQueries {
 		lockMany: `SELECT count(pg_advisory_xact_lock(hashtext($1::text || '.steps'), hashtext(k)))
 FROM (SELECT k FROM unnest($2::text[]) AS k ORDER BY k) AS keys`,
 		readMany:   `SELECT saga_id, status, reason FROM ` + steps + ` WHERE step = $1 AND saga_id = ANY($2)`,
+		readOne:    `SELECT saga_id, status, reason FROM ` + steps + ` WHERE step = $1 AND saga_id = $2`,
 		insertMany: `INSERT INTO ` + steps + ` (saga_id, step, status, reason) SELECT * FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[])`,
 		crashMark:  `INSERT INTO ` + pgx.Identifier{schema, "inbox"}.Sanitize() + ` (consumer, message_id) VALUES ($1, $2) ON CONFLICT DO NOTHING`,
 	}
