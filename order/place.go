@@ -187,18 +187,26 @@ func (s *Service) Place(ctx context.Context, key string, req *PlaceRequest) (Pla
 	if err != nil {
 		return Placed{}, fmt.Errorf("new saga id: %w", err)
 	}
-	tx, err := s.pool.Begin(ctx)
+	items, _ := json.Marshal(req.Items)
+	addr, _ := json.Marshal(req.ShippingAddress)
+	// BEGIN and the order's insert go in one round trip; the saga's rows,
+	// its first command and the OrderPlaced event go with the COMMIT
+	// (saga.SendBatch holds them): two round trips in all.
+	inserted := false
+	tx, err := outbox.BeginWith(ctx, s.pool, func(rows pgx.Rows) error {
+		var id uuid.UUID
+		_, err := pgx.ForEachRow(rows, []any{&id}, func() error {
+			inserted = true
+			return nil
+		})
+		return err
+	}, sqlInsertOrder, orderID, sagaID, key, hash, req.CustomerID, items, int64(req.Amount.Value), req.Amount.Currency, addr)
 	if err != nil {
-		return Placed{}, fmt.Errorf("place order: begin: %w", err)
+		return Placed{}, fmt.Errorf("insert order %s: %w", orderID, err)
 	}
 	defer tx.Rollback(context.WithoutCancel(ctx)) //nolint:errcheck // a no-op after Commit
 
-	items, _ := json.Marshal(req.Items)
-	addr, _ := json.Marshal(req.ShippingAddress)
-	var inserted uuid.UUID
-	err = tx.QueryRow(ctx, sqlInsertOrder, orderID, sagaID, key, hash, req.CustomerID, items, int64(req.Amount.Value),
-		req.Amount.Currency, addr).Scan(&inserted)
-	if errors.Is(err, pgx.ErrNoRows) {
+	if !inserted {
 		// The key was used: by this request (a retry) or another one.
 		var p Placed
 		var prevHash []byte
@@ -211,9 +219,6 @@ func (s *Service) Place(ctx context.Context, key string, req *PlaceRequest) (Pla
 		}
 		p.Status, p.Replayed = Status(status), true
 		return p, nil
-	}
-	if err != nil {
-		return Placed{}, fmt.Errorf("insert order %s: %w", orderID, err)
 	}
 	d := Data{OrderID: orderID, CustomerID: req.CustomerID, Items: req.Items,
 		AmountCents: int64(req.Amount.Value), Currency: req.Amount.Currency, ShippingAddress: req.ShippingAddress, Inject: req.Inject}

@@ -10,13 +10,13 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 )
 
-// claimTx is the transaction an inbox runs its messages in. Its BEGIN goes
-// to the server in one round trip with the claim, the transaction's first
-// statement (beginClaim), instead of in a round trip of its own as
-// pgxpool.Pool.Begin sends it: one round trip less per message transaction,
-// of the five a participant's or the orchestrator's takes. The rest of
-// pgx.Tx runs on the connection, which goes back to the pool at Commit or
-// Rollback.
+// claimTx is the transaction an inbox runs its messages in, and the one
+// BeginWith begins. Its BEGIN goes to the server in one round trip with the
+// claim, the transaction's first statement (beginClaim), instead of in a
+// round trip of its own as pgxpool.Pool.Begin sends it: one round trip less
+// per message transaction, of the five a participant's or the
+// orchestrator's takes. The rest of pgx.Tx runs on the connection, which
+// goes back to the pool at Commit or Rollback.
 //
 // Writes a handler leaves for the end (SendAtCommit) go with the COMMIT, in
 // one round trip: another one less.
@@ -33,7 +33,8 @@ type claimTx struct {
 
 // SendAtCommit takes the statements queued on b to send them with tx's
 // COMMIT, in one round trip, when tx is an inbox transaction (the tx an
-// Inbox hands its handlers) and no statement of b has a callback (a
+// Inbox hands its handlers, or one BeginWith began) and no statement of b
+// has a callback (a
 // callback could reject a result after the COMMIT went). It reports whether
 // it took them; b is then empty. An error of one of them is then Commit's,
 // and the transaction does not commit. Any other use of tx first sends
@@ -78,6 +79,20 @@ var _ pgx.Tx = (*claimTx)(nil)
 // errNestedTx is returned by claimTx.Begin: no inbox handler opens a
 // savepoint.
 var errNestedTx = errors.New("an inbox transaction does not nest transactions")
+
+// BeginWith acquires a connection of pool and begins a transaction whose
+// first statement is sql, sent in one round trip with the BEGIN; scan reads
+// its rows. Writes given to SendAtCommit on the transaction go with its
+// COMMIT, in one round trip too: a transaction of one statement, then
+// writes, takes two round trips instead of four. On error nothing is left
+// open and the connection is back in the pool.
+func BeginWith(ctx context.Context, pool *pgxpool.Pool, scan func(pgx.Rows) error, sql string, args ...any) (pgx.Tx, error) {
+	tx, err := beginClaim(ctx, pool, scan, nil, sql, args...)
+	if err != nil {
+		return nil, err
+	}
+	return tx, nil
+}
 
 // beginClaim acquires a connection, begins a transaction, runs the claim
 // query in it and then the statements of then (nil: none), all in one

@@ -3,11 +3,13 @@ package outbox_test
 import (
 	"context"
 	"errors"
+	"sync/atomic"
 	"testing"
 
 	"github.com/google/uuid"
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/sagaflow/sagaflow/internal/testenv"
 	"github.com/sagaflow/sagaflow/outbox"
@@ -172,5 +174,116 @@ func TestWritesHeldForTheCommit(t *testing.T) {
 	b.Queue(`SELECT 1`)
 	if outbox.SendAtCommit(tx, &b) || b.Len() != 1 {
 		t.Error("SendAtCommit took the writes of a transaction of the pool")
+	}
+}
+
+// sends counts what a pool sends to the server: each query and each batch
+// is one round trip (once its statements are prepared).
+type sends struct{ n atomic.Int64 }
+
+func (s *sends) TraceQueryStart(ctx context.Context, _ *pgx.Conn, _ pgx.TraceQueryStartData) context.Context {
+	s.n.Add(1)
+	return ctx
+}
+func (s *sends) TraceQueryEnd(context.Context, *pgx.Conn, pgx.TraceQueryEndData) {}
+func (s *sends) TraceBatchStart(ctx context.Context, _ *pgx.Conn, _ pgx.TraceBatchStartData) context.Context {
+	s.n.Add(1)
+	return ctx
+}
+func (s *sends) TraceBatchQuery(context.Context, *pgx.Conn, pgx.TraceBatchQueryData) {}
+func (s *sends) TraceBatchEnd(context.Context, *pgx.Conn, pgx.TraceBatchEndData)     {}
+
+// BeginWith begins a transaction with its first statement, and the writes
+// held for the commit go with the COMMIT: a placement's transaction (an
+// insert, then writes) takes two round trips. A first statement that
+// fails leaves nothing open; a held write that fails fails the commit with
+// its own error and nothing of the transaction stays.
+func TestBeginWith(t *testing.T) {
+	t.Parallel()
+	db := testenv.DB(t)
+	ctx := context.Background()
+	cfg, err := pgxpool.ParseConfig(db.URL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg.MaxConns = 1
+	counter := &sends{}
+	cfg.ConnConfig.Tracer = counter
+	pool, err := pgxpool.NewWithConfig(ctx, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(pool.Close)
+	if _, err := pool.Exec(ctx, `CREATE TABLE placed (id uuid PRIMARY KEY, n int NOT NULL CHECK (n > 0))`); err != nil {
+		t.Fatal(err)
+	}
+	count := func() int {
+		t.Helper()
+		var n int
+		if err := pool.QueryRow(ctx, `SELECT count(*) FROM placed`).Scan(&n); err != nil {
+			t.Fatal(err)
+		}
+		return n
+	}
+	// place inserts id with n and, held for the commit, a second row with
+	// m; it reports the round trips it took.
+	place := func(id uuid.UUID, n, m int) (inserted bool, trips int64, err error) {
+		before := counter.n.Load()
+		tx, err := outbox.BeginWith(ctx, pool, func(rows pgx.Rows) error {
+			_, err := pgx.ForEachRow(rows, []any{new(uuid.UUID)}, func() error {
+				inserted = true
+				return nil
+			})
+			return err
+		}, `INSERT INTO placed (id, n) VALUES ($1, $2) ON CONFLICT DO NOTHING RETURNING id`, id, n)
+		if err != nil {
+			return false, counter.n.Load() - before, err
+		}
+		defer tx.Rollback(ctx) //nolint:errcheck // a no-op after Commit
+		if inserted {
+			var b pgx.Batch
+			b.Queue(`INSERT INTO placed (id, n) VALUES ($1, $2)`, uuid.New(), m)
+			if !outbox.SendAtCommit(tx, &b) {
+				t.Error("SendAtCommit did not take the writes of a BeginWith transaction")
+			}
+		}
+		err = tx.Commit(ctx)
+		return inserted, counter.n.Load() - before, err
+	}
+
+	// Once to prepare the statements, then counted.
+	if _, _, err := place(uuid.New(), 1, 1); err != nil {
+		t.Fatal(err)
+	}
+	id := uuid.New()
+	inserted, trips, err := place(id, 1, 1)
+	if err != nil || !inserted {
+		t.Fatalf("place: inserted %v, %v", inserted, err)
+	}
+	if trips != 2 {
+		t.Errorf("an insert and a held write took %d round trips, want 2", trips)
+	}
+	if n := count(); n != 4 {
+		t.Fatalf("%d rows, want 4", n)
+	}
+	// The first statement's rows: none for a conflict.
+	if inserted, _, err := place(id, 1, 1); err != nil || inserted {
+		t.Fatalf("the same id again: inserted %v, %v, want a conflict", inserted, err)
+	}
+	// A first statement that fails: its error, and nothing left open.
+	_, _, err = place(uuid.New(), 0, 1)
+	var pgErr *pgconn.PgError
+	if !errors.As(err, &pgErr) || pgErr.Code != "23514" {
+		t.Fatalf("a first statement breaking a CHECK: %v, want its check violation (23514)", err)
+	}
+	// A held write that fails: the commit's error, and nothing stays.
+	_, _, err = place(uuid.New(), 1, 0)
+	if !errors.As(err, &pgErr) || pgErr.Code != "23514" {
+		t.Fatalf("a held write breaking a CHECK: %v, want its check violation (23514)", err)
+	}
+	// The pool's one connection answers outside any transaction: left
+	// inside the failed one, the count would fail (25P02).
+	if n := count(); n != 4 {
+		t.Errorf("%d rows after the failures, want 4", n)
 	}
 }
