@@ -3,13 +3,11 @@ package outbox_test
 import (
 	"context"
 	"errors"
-	"sync/atomic"
 	"testing"
 
 	"github.com/google/uuid"
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
-	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/sagaflow/sagaflow/internal/testenv"
 	"github.com/sagaflow/sagaflow/outbox"
@@ -177,22 +175,6 @@ func TestWritesHeldForTheCommit(t *testing.T) {
 	}
 }
 
-// sends counts what a pool sends to the server: each query and each batch
-// is one round trip (once its statements are prepared).
-type sends struct{ n atomic.Int64 }
-
-func (s *sends) TraceQueryStart(ctx context.Context, _ *pgx.Conn, _ pgx.TraceQueryStartData) context.Context {
-	s.n.Add(1)
-	return ctx
-}
-func (s *sends) TraceQueryEnd(context.Context, *pgx.Conn, pgx.TraceQueryEndData) {}
-func (s *sends) TraceBatchStart(ctx context.Context, _ *pgx.Conn, _ pgx.TraceBatchStartData) context.Context {
-	s.n.Add(1)
-	return ctx
-}
-func (s *sends) TraceBatchQuery(context.Context, *pgx.Conn, pgx.TraceBatchQueryData) {}
-func (s *sends) TraceBatchEnd(context.Context, *pgx.Conn, pgx.TraceBatchEndData)     {}
-
 // BeginWith begins a transaction with its first statement, and the writes
 // held for the commit go with the COMMIT: a placement's transaction (an
 // insert, then writes) takes two round trips. A first statement that
@@ -202,18 +184,7 @@ func TestBeginWith(t *testing.T) {
 	t.Parallel()
 	db := testenv.DB(t)
 	ctx := context.Background()
-	cfg, err := pgxpool.ParseConfig(db.URL)
-	if err != nil {
-		t.Fatal(err)
-	}
-	cfg.MaxConns = 1
-	counter := &sends{}
-	cfg.ConnConfig.Tracer = counter
-	pool, err := pgxpool.NewWithConfig(ctx, cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(pool.Close)
+	pool, counter := testenv.CountedPool(t, db.URL)
 	if _, err := pool.Exec(ctx, `CREATE TABLE placed (id uuid PRIMARY KEY, n int NOT NULL CHECK (n > 0))`); err != nil {
 		t.Fatal(err)
 	}
@@ -228,7 +199,7 @@ func TestBeginWith(t *testing.T) {
 	// place inserts id with n and, held for the commit, a second row with
 	// m; it reports the round trips it took.
 	place := func(id uuid.UUID, n, m int) (inserted bool, trips int64, err error) {
-		before := counter.n.Load()
+		before := counter.N()
 		tx, err := outbox.BeginWith(ctx, pool, func(rows pgx.Rows) error {
 			_, err := pgx.ForEachRow(rows, []any{new(uuid.UUID)}, func() error {
 				inserted = true
@@ -237,7 +208,7 @@ func TestBeginWith(t *testing.T) {
 			return err
 		}, `INSERT INTO placed (id, n) VALUES ($1, $2) ON CONFLICT DO NOTHING RETURNING id`, id, n)
 		if err != nil {
-			return false, counter.n.Load() - before, err
+			return false, counter.N() - before, err
 		}
 		defer tx.Rollback(ctx) //nolint:errcheck // a no-op after Commit
 		if inserted {
@@ -248,7 +219,7 @@ func TestBeginWith(t *testing.T) {
 			}
 		}
 		err = tx.Commit(ctx)
-		return inserted, counter.n.Load() - before, err
+		return inserted, counter.N() - before, err
 	}
 
 	// Once to prepare the statements, then counted.
