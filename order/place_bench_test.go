@@ -32,7 +32,7 @@ func BenchmarkPlace(b *testing.B) {
 		b.Fatal(err)
 	}
 	req := &order.PlaceRequest{CustomerID: "c-1", Items: []order.Item{{SKU: "A", Quantity: 1}},
-		Amount: order.Amount{Value: 1000, Currency: "EUR"},
+		Amount:          order.Amount{Value: 1000, Currency: "EUR"},
 		ShippingAddress: order.Address{Name: "N", Line1: "1 Road", City: "Town", PostalCode: "1000", Country: "BE"}}
 	ctx := context.Background()
 	if _, err := svc.Place(ctx, uuid.NewString(), req); err != nil { // prepares the statements
