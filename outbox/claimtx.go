@@ -34,9 +34,8 @@ type claimTx struct {
 // SendAtCommit takes the statements queued on b to send them with tx's
 // COMMIT, in one round trip, when tx is an inbox transaction (the tx an
 // Inbox hands its handlers, or one BeginWith began) and no statement of b
-// has a callback (a
-// callback could reject a result after the COMMIT went). It reports whether
-// it took them; b is then empty. An error of one of them is then Commit's,
+// has a callback (a callback could reject a result after the COMMIT went).
+// It reports whether it took them; b is then empty. An error of one of them is then Commit's,
 // and the transaction does not commit. Any other use of tx first sends
 // them, so statements keep their order. A caller whose tx is not an inbox
 // transaction, or whose b has callbacks, sends b itself.
