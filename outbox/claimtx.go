@@ -23,6 +23,9 @@ import (
 type claimTx struct {
 	conn *pgxpool.Conn
 	done bool
+	// log records the transaction's id once its COMMIT answered, for the
+	// WAL relay (see commitLog).
+	log *commitLog
 	// atCommit holds the statements SendAtCommit took, in order; any other
 	// statement sends them first.
 	atCommit []*pgx.QueuedQuery
@@ -103,7 +106,7 @@ func beginClaim(ctx context.Context, pool *pgxpool.Pool, scan func(pgx.Rows) err
 	if err != nil {
 		return nil, fmt.Errorf("acquire a connection: %w", err)
 	}
-	tx := &claimTx{conn: conn}
+	tx := &claimTx{conn: conn, log: commitLogOf(conn.Conn().Config())}
 	var b pgx.Batch
 	b.Queue("begin")
 	b.Queue(sql, args...)
@@ -160,36 +163,41 @@ func (t *claimTx) Commit(ctx context.Context) error {
 	}
 	if t.conn.Conn().PgConn().TxStatus() == 'E' {
 		// A statement failed already: the held ones would fail too, and
-		// the COMMIT below turns into the rollback that reports it.
+		// the COMMIT turns into the rollback that reports it.
 		t.atCommit = nil
+		tag, err := t.conn.Exec(ctx, "commit")
+		t.release(ctx)
+		if err != nil {
+			return err
+		}
+		if tag.String() == "ROLLBACK" {
+			return pgx.ErrTxCommitRollback
+		}
+		return nil
 	}
-	if len(t.atCommit) > 0 {
-		return t.commitWith(ctx)
-	}
-	tag, err := t.conn.Exec(ctx, "commit")
-	t.release(ctx)
-	if err != nil {
-		return err
-	}
-	if tag.String() == "ROLLBACK" {
-		return pgx.ErrTxCommitRollback
-	}
-	return nil
+	return t.commitWith(ctx)
 }
 
-// commitWith sends the statements SendAtCommit took and the COMMIT in one
-// round trip. A statement that fails makes the server skip the rest, the
-// COMMIT included: the transaction is rolled back and the error returned.
+// commitWith sends the statements SendAtCommit took, the read of the
+// transaction's id and the COMMIT in one round trip. A statement that fails
+// makes the server skip the rest, the COMMIT included: the transaction is
+// rolled back and the error returned. A transaction that committed is
+// recorded in the commit log (when it wrote, so has an id).
 func (t *claimTx) commitWith(ctx context.Context) error {
 	n := len(t.atCommit)
-	b := &pgx.Batch{QueuedQueries: append(t.atCommit, &pgx.QueuedQuery{SQL: "commit"})}
+	b := &pgx.Batch{QueuedQueries: append(t.atCommit, &pgx.QueuedQuery{SQL: sqlXactID}, &pgx.QueuedQuery{SQL: "commit"})}
 	t.atCommit = nil
+	ticket := t.log.begin()
 	br := t.conn.SendBatch(ctx, b)
 	var err error
 	for i := 0; i < n && err == nil; i++ {
 		if _, err = br.Exec(); err != nil {
 			err = fmt.Errorf("write held for the commit: %w", err)
 		}
+	}
+	var xid *int64
+	if err == nil {
+		err = br.QueryRow().Scan(&xid)
 	}
 	var tag pgconn.CommandTag
 	if err == nil {
@@ -200,6 +208,11 @@ func (t *claimTx) commitWith(ctx context.Context) error {
 	}
 	if err == nil && tag.String() == "ROLLBACK" {
 		err = pgx.ErrTxCommitRollback
+	}
+	if err == nil && xid != nil {
+		t.log.end(ticket, *xid)
+	} else {
+		t.log.end(ticket, 0)
 	}
 	if err != nil && t.conn.Conn().PgConn().TxStatus() != 'I' && !t.conn.Conn().IsClosed() {
 		_, _ = t.conn.Exec(context.WithoutCancel(ctx), "rollback")

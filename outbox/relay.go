@@ -103,6 +103,11 @@ type Relay struct {
 	// invisibleWaits counts batches the WAL relay held back until their
 	// transactions were visible.
 	invisibleWaits atomic.Int64
+	// localVisible counts batches the WAL relay found visible in this
+	// process's commit log; snapshotReads the server snapshots it read to
+	// check the others.
+	localVisible  atomic.Int64
+	snapshotReads atomic.Int64
 	// parked counts rows moved to a parked table.
 	parked atomic.Int64
 	// probing: the last try failed, so each call carries one row per key
@@ -223,6 +228,14 @@ func (r *Relay) SlotsRecreated() int64 {
 // InvisibleWaits counts the batches the WAL relay held back because a
 // transaction was streamed before other sessions could see it.
 func (r *Relay) InvisibleWaits() int64 { return r.invisibleWaits.Load() }
+
+// Visibility counts how the WAL relay knew its batches visible: local
+// batches, all of whose transactions this process committed through an
+// inbox or BeginWith (no round trip), and the snapshots it read from the
+// server for the others.
+func (r *Relay) Visibility() (local, snapshotReads int64) {
+	return r.localVisible.Load(), r.snapshotReads.Load()
+}
 
 // Stats returns the counters of every outbox.
 func (r *Relay) Stats() []RelayStats {

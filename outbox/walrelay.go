@@ -475,7 +475,7 @@ func (r *Relay) sendTxs(ctx context.Context, ws *walState, log *slog.Logger, txs
 		held    []heldRow
 		xids    []uint32
 		unknown = map[uuid.UUID]int{}
-		vis     = &visibility{r: r}
+		vis     = &visibility{r: r, log: commitLogOf(r.cfg.Pool.Config().ConnConfig)}
 		backoff = newBackoff(100*time.Millisecond, time.Second)
 	)
 	for {
@@ -827,23 +827,40 @@ func (r *Relay) handOver(ctx context.Context, txs chan<- walTx, tx walTx, sendDo
 // looks up the saga that placement created with the first command) would not
 // find it, and take the saga for unknown. The polling relay never had this
 // window: it reads only visible rows.
+//
+// Transactions this process committed through an inbox or BeginWith are
+// known visible from the commit log, without a round trip; the others are
+// checked against the server's snapshot.
 type visibility struct {
-	r *Relay
+	r   *Relay
+	log *commitLog
 	// horizon is the xmin of the last snapshot read: every transaction
 	// below it is visible for good.
 	horizon uint64
 }
 
-// await returns once every transaction of xids is visible, reading the
-// database's current snapshot as often as needed (at most once per batch
-// when they already are).
+// localCommitWait bounds how long the relay waits for the answers of this
+// process's COMMITs under way before it reads the server's snapshot.
+const localCommitWait = 20 * time.Millisecond
+
+// await returns once every transaction of xids is visible: at once when
+// they precede the last snapshot's horizon or the commit log has them all,
+// else reading the database's current snapshot as often as needed.
 func (v *visibility) await(ctx context.Context, xids []uint32) error {
+	if v.horizon != 0 && allBelow(xids, v.horizon) {
+		return nil
+	}
+	if v.log != nil && v.log.await(ctx, xids, localCommitWait) {
+		v.r.localVisible.Add(1)
+		return nil
+	}
 	wait := 200 * time.Microsecond
 	for counted := false; ; {
 		if v.horizon != 0 && allBelow(xids, v.horizon) {
 			return nil
 		}
 		var snap string
+		v.r.snapshotReads.Add(1)
 		if err := v.r.cfg.Pool.QueryRow(ctx, "SELECT pg_current_snapshot()::text").Scan(&snap); err != nil {
 			return fmt.Errorf("read the current snapshot: %w", err)
 		}

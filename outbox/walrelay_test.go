@@ -199,10 +199,21 @@ func TestRelayModeFollowsReplicationRight(t *testing.T) {
 // session waits. The WAL relay must hold such a transaction back until
 // other sessions can see it (a consumer may read what it wrote: the
 // orchestrator looks up the saga that placement created), then publish it.
+//
+// It runs twice: the transaction of another session, and one of this
+// process through BeginWith, whose COMMIT records it in the commit log only
+// once the COMMIT answered: the relay, which trusts that log, must not take
+// a COMMIT under way for a visible one.
 func TestWALRelayWaitsUntilCommitVisible(t *testing.T) {
 	// Not parallel: it sets synchronous_standby_names for the whole test
 	// cluster. Only sessions with synchronous_commit on wait for the
 	// standby, and the test cluster runs with it off.
+	for _, writer := range []string{"another session", "this process's BeginWith"} {
+		t.Run(writer, func(t *testing.T) { testInvisibleCommit(t, writer == "another session") })
+	}
+}
+
+func testInvisibleCommit(t *testing.T, otherSession bool) {
 	ctx := context.Background()
 	e := setup(t)
 	c := e.consume(ctx, nil)
@@ -225,11 +236,17 @@ func TestWALRelayWaitsUntilCommitVisible(t *testing.T) {
 	setStandby("sagaflow_standby_that_never_answers")
 	t.Cleanup(func() { setStandby("") })
 
-	conn, err := pgx.Connect(ctx, e.db.URL)
+	// The writer's session: a pool of one connection, for BeginWith.
+	cfg, err := pgxpool.ParseConfig(e.db.URL)
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer conn.Close(ctx)
+	cfg.MaxConns, cfg.MinConns = 1, 1
+	conn, err := pgxpool.NewWithConfig(ctx, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
 	// The reload reaches a session at its next command.
 	waitFor(t, "the standby setting in force", func() bool {
 		var v string
@@ -246,16 +263,21 @@ func TestWALRelayWaitsUntilCommitVisible(t *testing.T) {
 	waitSyncRepInForce(ctx, t, e.db.URL, e.db.Pool)
 	committed := make(chan error, 1)
 	go func() {
-		tx, err := conn.Begin(ctx)
+		var tx pgx.Tx
+		var err error
+		if otherSession {
+			if tx, err = conn.Begin(ctx); err == nil {
+				_, err = tx.Exec(ctx, "SET LOCAL synchronous_commit = on")
+			}
+		} else {
+			tx, err = outbox.BeginWith(ctx, conn, func(rows pgx.Rows) error { rows.Close(); return rows.Err() },
+				"SET LOCAL synchronous_commit = on")
+		}
 		if err != nil {
 			committed <- err
 			return
 		}
 		defer tx.Rollback(ctx) //nolint:errcheck
-		if _, err := tx.Exec(ctx, "SET LOCAL synchronous_commit = on"); err != nil {
-			committed <- err
-			return
-		}
 		if _, err := tx.Exec(ctx, "INSERT INTO counters (key, n) VALUES ('k', 1)"); err != nil {
 			committed <- err
 			return
@@ -282,6 +304,58 @@ func TestWALRelayWaitsUntilCommitVisible(t *testing.T) {
 	e.waitEffects(ctx, 1)
 	waitFor(t, "outbox drained", func() bool { b, _ := e.ob.Backlog(ctx, e.db.Pool); return b.Rows == 0 })
 	e.checkExactlyOnce(ctx, 1)
+}
+
+// A transaction this process committed through BeginWith (or an inbox) is
+// known visible once its COMMIT answered: the relay publishes it without
+// reading the server's snapshot, which it still reads for a transaction of
+// any other session.
+func TestWALRelayKnowsThisProcessCommitsVisible(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	e := setup(t)
+	e.consume(ctx, nil)
+	relay, _ := e.startRelay(ctx, nil, nil)
+	waitLeader(t, relay)
+	const n = 20
+	for i := 1; i <= n; i++ {
+		var got int
+		tx, err := outbox.BeginWith(ctx, e.db.Pool, func(rows pgx.Rows) error {
+			defer rows.Close()
+			for rows.Next() {
+				if err := rows.Scan(&got); err != nil {
+					return err
+				}
+			}
+			return rows.Err()
+		}, `INSERT INTO counters (key, n) VALUES ('k', 1) ON CONFLICT (key) DO UPDATE SET n = counters.n + 1 RETURNING n`)
+		if err != nil {
+			t.Fatal(err)
+		}
+		payload := fmt.Sprintf(`{"key":"k","n":%d}`, got)
+		if err := e.ob.Write(ctx, tx, outbox.Message{Topic: e.topic, Key: "k", Payload: []byte(payload), Type: "test.effect", SchemaVersion: 1}); err != nil {
+			t.Fatal(err)
+		}
+		if err := tx.Commit(ctx); err != nil {
+			t.Fatal(err)
+		}
+	}
+	e.waitEffects(ctx, n)
+	local, reads := relay.Visibility()
+	if local == 0 {
+		t.Fatalf("the relay read %d snapshots and found no batch of %d transactions committed here visible from its commit log", reads, n)
+	}
+	// Another session's transaction: only the server's snapshot tells.
+	if err := e.write(ctx, "other"); err != nil {
+		t.Fatal(err)
+	}
+	e.waitEffects(ctx, n+1)
+	if _, after := relay.Visibility(); after <= reads {
+		t.Fatalf("the relay published another session's transaction without reading a snapshot (%d reads before, %d after)", reads, after)
+	}
+	waitFor(t, "outbox drained", func() bool { b, _ := e.ob.Backlog(ctx, e.db.Pool); return b.Rows == 0 })
+	e.checkExactlyOnce(ctx, n+1)
+	e.checkOrder(ctx)
 }
 
 // waitSyncRepInForce commits probe transactions (synchronous_commit on)

@@ -67,6 +67,16 @@ func (s *Stack) registry() *prometheus.Registry {
 		reg.MustRegister(prometheus.NewCounterFunc(prometheus.CounterOpts{
 			Name: "sagaflow_relay_slots_recreated_total", Help: "Replication slots this process's relay found lost and created again.",
 		}, func() float64 { return float64(relay.SlotsRecreated()) }))
+		for by, get := range map[string]func() int64{
+			"commit_log": func() int64 { l, _ := relay.Visibility(); return l },
+			"snapshot":   func() int64 { _, r := relay.Visibility(); return r },
+		} {
+			reg.MustRegister(prometheus.NewCounterFunc(prometheus.CounterOpts{
+				Name:        "sagaflow_relay_visibility_checks_total",
+				Help:        "How the WAL relay knew a streamed batch visible: commit_log counts batches this process committed (no round trip), snapshot the server snapshots read for the others.",
+				ConstLabels: prometheus.Labels{"by": by},
+			}, func() float64 { return float64(get()) }))
+		}
 	}
 	reg.MustRegister(prometheus.NewCounterFunc(prometheus.CounterOpts{
 		Name: "sagaflow_consumer_transient_giveups_total",

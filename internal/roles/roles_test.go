@@ -573,6 +573,8 @@ func TestMetricsEndpoint(t *testing.T) {
 		"sagaflow_outbox_slot_lag_bytes{slot=\"sagaflow_",
 		"sagaflow_outbox_slot_active{slot=\"sagaflow_",
 		"sagaflow_relay_slots_recreated_total 0",
+		`sagaflow_relay_visibility_checks_total{by="commit_log"}`,
+		`sagaflow_relay_visibility_checks_total{by="snapshot"}`,
 		`sagaflow_outbox_parked_rows{outbox="payment"} 0`,
 		"sagaflow_relay_parked_total 0",
 		"sagaflow_saga_deadlines_held_total",
