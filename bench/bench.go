@@ -233,7 +233,7 @@ func run(ctx context.Context, cfg *Config, e *env) (*Report, error) {
 	phase := make(chan string, 1)
 	phase <- "warm-up"
 	bgWG.Go(func() { progress(bg, cfg.Progress, t, t0, phase) })
-	win := &window{cfg: cfg, sources: e.cpu, pool: e.pool, t: t}
+	win := &window{cfg: cfg, sources: e.cpu, pool: e.pool, relay: e.relay, t: t}
 	winDone := make(chan struct{})
 	bgWG.Go(func() {
 		defer close(winDone)
@@ -274,7 +274,7 @@ func run(ctx context.Context, cfg *Config, e *env) (*Report, error) {
 		Placed: t.placedM.Load(), Ended: t.endedM.Load(), Confirmed: t.confirmed.Load(), Cancelled: t.cancelled.Load(),
 		ExpectedRefusals: t.expectedRefusals.Load(), Errors: t.failed.Load(), ErrorSamples: t.samples(),
 		UnexpectedOutcomes: t.unexpected.Load(), WatchErrors: w.errors.Load(),
-		CPU: win.results(), CPUProfile: win.profile, Postgres: win.pg,
+		CPU: win.results(), CPUProfile: win.profile, Postgres: win.pg, Visibility: win.vis,
 	}
 	rep.Unfinished = rep.Placed - rep.Ended
 	if hp, ok := e.placer.(*httpPlacer); ok && hp.rejected.Count() > 0 {
@@ -373,11 +373,13 @@ type window struct {
 	cfg     *Config
 	sources []*cpuSource
 	pool    *pgxpool.Pool
+	relay   *outbox.Relay
 	t       *tracker
 	secs    float64
 	end     map[*cpuSource]float64
 	profile string
 	pg      *PGStats
+	vis     *Visibility
 	errs    []error
 }
 
@@ -396,6 +398,10 @@ func (w *window) run(ctx context.Context, start, end time.Time) {
 		}
 	}
 	pgStart, pgErr := takePGSnapshot(ctx, w.pool)
+	var logStart, readsStart int64
+	if w.relay != nil {
+		logStart, readsStart = w.relay.Visibility()
+	}
 	if w.cfg.CPUProfile != "" {
 		f, err := os.Create(w.cfg.CPUProfile)
 		if err == nil {
@@ -422,6 +428,10 @@ func (w *window) run(ctx context.Context, start, end time.Time) {
 		if v, err := s.sample(); err == nil && s.ok {
 			w.end[s] = v
 		}
+	}
+	if w.relay != nil && w.relay.Mode() == outbox.ModeWAL {
+		l, r := w.relay.Visibility()
+		w.vis = &Visibility{FromLog: l - logStart, SnapshotReads: r - readsStart}
 	}
 	sagas := w.t.inWindow.Load()
 	if pgErr == nil {

@@ -25,12 +25,14 @@ import (
 	"github.com/sagaflow/sagaflow/kafkax"
 	"github.com/sagaflow/sagaflow/migrations"
 	"github.com/sagaflow/sagaflow/order"
+	"github.com/sagaflow/sagaflow/outbox"
 	"github.com/sagaflow/sagaflow/steps"
 )
 
 // env is what a run measures and the means to load and observe it.
 type env struct {
 	pool   *pgxpool.Pool
+	relay  *outbox.Relay // the in-process stack's; nil for running roles
 	kafka  kafkax.Config
 	topics kafkax.Topics
 	placer placer
@@ -189,6 +191,7 @@ func startInProcess(ctx context.Context, cfg *Config) (_ *env, err error) {
 	case <-stack.Ready():
 	}
 
+	e.relay = stack.Relay
 	note := "load generator and every role"
 	if e.kafkaName == "kfake" {
 		note += ", kfake"

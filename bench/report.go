@@ -85,6 +85,9 @@ type Report struct {
 	Postgres *PGStats `json:"postgres,omitempty"`
 	// CPUProfile is the file the CPU profile of the window was written to.
 	CPUProfile string `json:"cpu_profile,omitempty"`
+	// Visibility is how the in-process WAL relay knew the batches of the
+	// window visible; nil for running roles and the polling relay.
+	Visibility *Visibility `json:"visibility,omitempty"`
 
 	Verify  VerifyResult `json:"verify"`
 	Targets []Target     `json:"targets"`
@@ -187,6 +190,9 @@ func (r *Report) PrintTable(w io.Writer) error {
 	if r.CPUProfile != "" {
 		row("CPU profile", "%s", r.CPUProfile)
 	}
+	if v := r.Visibility; v != nil {
+		row("relay visibility", "%d batches from the commit log, %d snapshot reads", v.FromLog, v.SnapshotReads)
+	}
 	if p := r.Postgres; p != nil {
 		row("PostgreSQL", "%d commits (%.1f per saga), %d WAL syncs (%.1f per saga), %.1f MB WAL (%.0f B per saga)",
 			p.Commits, p.CommitsPerSaga, p.WALSyncs, p.WALSyncsPerSaga, float64(p.WALBytes)/1e6, p.WALBytesPerSaga)
@@ -259,4 +265,12 @@ func (r *Report) setTargets() {
 			Got: fmt.Sprintf("%.0f/s", r.SagasPerSecond), Status: "n/a", Note: "compare with the same run at --refuse 0"})
 	}
 	r.Targets = append(r.Targets, Target{Name: "sagaflow verify passes", Got: r.Verify.Summary, Status: status(r.Verify.OK)})
+}
+
+// Visibility counts how the WAL relay knew streamed batches visible (see
+// outbox.Relay.Visibility): from this process's commit log, without a round
+// trip, or by reading the server's snapshot.
+type Visibility struct {
+	FromLog       int64 `json:"from_commit_log"`
+	SnapshotReads int64 `json:"snapshot_reads"`
 }
