@@ -24,8 +24,10 @@ type claimTx struct {
 	conn *pgxpool.Conn
 	done bool
 	// log records the transaction's id once its COMMIT answered, for the
-	// WAL relay (see commitLog).
+	// WAL relay (see commitLog). xid is the id when the claim returned it
+	// (an inbox's claim writes); 0: the COMMIT's round trip reads it.
 	log *commitLog
+	xid uint32
 	// atCommit holds the statements SendAtCommit took, in order; any other
 	// statement sends them first.
 	atCommit []*pgx.QueuedQuery
@@ -185,7 +187,11 @@ func (t *claimTx) Commit(ctx context.Context) error {
 // recorded in the commit log (when it wrote, so has an id).
 func (t *claimTx) commitWith(ctx context.Context) error {
 	n := len(t.atCommit)
-	b := &pgx.Batch{QueuedQueries: append(t.atCommit, &pgx.QueuedQuery{SQL: sqlXactID}, &pgx.QueuedQuery{SQL: "commit"})}
+	b := &pgx.Batch{QueuedQueries: t.atCommit}
+	if t.xid == 0 {
+		b.Queue(sqlXactID)
+	}
+	b.Queue("commit")
 	t.atCommit = nil
 	ticket := t.log.begin()
 	br := t.conn.SendBatch(ctx, b)
@@ -195,9 +201,12 @@ func (t *claimTx) commitWith(ctx context.Context) error {
 			err = fmt.Errorf("write held for the commit: %w", err)
 		}
 	}
-	var xid *int64
-	if err == nil {
-		err = br.QueryRow().Scan(&xid)
+	xid := int64(t.xid)
+	if err == nil && t.xid == 0 {
+		var read *int64
+		if err = br.QueryRow().Scan(&read); err == nil && read != nil {
+			xid = *read
+		}
 	}
 	var tag pgconn.CommandTag
 	if err == nil {
@@ -209,11 +218,10 @@ func (t *claimTx) commitWith(ctx context.Context) error {
 	if err == nil && tag.String() == "ROLLBACK" {
 		err = pgx.ErrTxCommitRollback
 	}
-	if err == nil && xid != nil {
-		t.log.end(ticket, *xid)
-	} else {
-		t.log.end(ticket, 0)
+	if err != nil {
+		xid = 0
 	}
+	t.log.end(ticket, xid)
 	if err != nil && t.conn.Conn().PgConn().TxStatus() != 'I' && !t.conn.Conn().IsClosed() {
 		_, _ = t.conn.Exec(context.WithoutCancel(ctx), "rollback")
 	}

@@ -111,9 +111,9 @@ func (l *commitLog) end(ticket uint64, xid int64) {
 }
 
 // await reports whether every transaction of xids was committed by this
-// process. It waits, at most for limit, for the COMMITs under way when it
-// was called; it returns false as soon as they ended without recording
-// all of xids.
+// process. It waits, at most for limit (0: not at all), for the COMMITs
+// under way when it was called; it returns false as soon as they ended
+// without recording all of xids.
 func (l *commitLog) await(ctx context.Context, xids []uint32, limit time.Duration) bool {
 	var timeout <-chan time.Time
 	l.mu.Lock()
@@ -139,7 +139,7 @@ func (l *commitLog) await(ctx context.Context, xids []uint32, limit time.Duratio
 		}
 		ch := l.changed
 		l.mu.Unlock()
-		if !pending {
+		if !pending || limit <= 0 {
 			return false
 		}
 		if timeout == nil {

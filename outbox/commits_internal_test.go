@@ -4,6 +4,11 @@ import (
 	"context"
 	"testing"
 	"time"
+
+	"github.com/google/uuid"
+	"github.com/jackc/pgx/v5"
+
+	"github.com/sagaflow/sagaflow/internal/testenv"
 )
 
 // The commit log answers at once for recorded transactions and for
@@ -77,6 +82,19 @@ func TestCommitLog(t *testing.T) {
 		}
 	})
 
+	t.Run("no wait", func(t *testing.T) {
+		t.Parallel()
+		l := newCommitLog()
+		l.begin() // under way, never ends
+		l.end(l.begin(), 5)
+		if !l.await(ctx, []uint32{5}, 0) {
+			t.Fatal("a recorded transaction not known visible without waiting")
+		}
+		if l.await(ctx, []uint32{5, 6}, 0) {
+			t.Fatal("an unrecorded transaction taken for visible")
+		}
+	})
+
 	t.Run("full log forgets the oldest", func(t *testing.T) {
 		t.Parallel()
 		l := newCommitLog()
@@ -93,4 +111,72 @@ func TestCommitLog(t *testing.T) {
 			t.Fatalf("the log holds %d ids, want %d", len(l.seen), commitLogSize)
 		}
 	})
+}
+
+// Every claimTx records its transaction's id once the COMMIT answered: an
+// inbox transaction (single and grouped) from its claim's row, a BeginWith
+// transaction from its COMMIT's round trip; one that rolled back records
+// nothing.
+func TestClaimTxRecordsItsCommit(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	db := testenv.DB(t)
+	l := commitLogOf(db.Pool.Config().ConnConfig)
+	xidOf := func(tx pgx.Tx) uint32 {
+		t.Helper()
+		var x int64
+		if err := tx.QueryRow(ctx, "SELECT pg_current_xact_id()::text::bigint").Scan(&x); err != nil {
+			t.Fatal(err)
+		}
+		return uint32(x)
+	}
+	in := NewInbox(db.Pool, "inventory", "commit-log-test")
+
+	var single uint32
+	if _, err := in.Handle(ctx, uuid.New(), func(ctx context.Context, tx pgx.Tx) error {
+		single = xidOf(tx)
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	if !l.await(ctx, []uint32{single}, 0) {
+		t.Errorf("an inbox transaction (%d) not recorded", single)
+	}
+
+	var grouped uint32
+	if _, err := in.handleGrouped(ctx, uuid.New(), nil, func(ctx context.Context, tx pgx.Tx) error {
+		grouped = xidOf(tx)
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	if !l.await(ctx, []uint32{grouped}, 0) {
+		t.Errorf("a grouped inbox transaction (%d) not recorded", grouped)
+	}
+
+	tx, err := BeginWith(ctx, db.Pool, func(rows pgx.Rows) error { rows.Close(); return rows.Err() },
+		"SELECT pg_current_xact_id()")
+	if err != nil {
+		t.Fatal(err)
+	}
+	began := xidOf(tx)
+	if err := tx.Commit(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if !l.await(ctx, []uint32{began}, 0) {
+		t.Errorf("a BeginWith transaction (%d) not recorded", began)
+	}
+
+	tx, err = BeginWith(ctx, db.Pool, func(rows pgx.Rows) error { rows.Close(); return rows.Err() },
+		"SELECT pg_current_xact_id()")
+	if err != nil {
+		t.Fatal(err)
+	}
+	rolled := xidOf(tx)
+	if err := tx.Rollback(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if l.await(ctx, []uint32{rolled}, 0) {
+		t.Errorf("a rolled back transaction (%d) recorded", rolled)
+	}
 }

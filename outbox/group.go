@@ -348,12 +348,13 @@ func (in *Inbox) claim(ctx context.Context, jobs []*job, pre *pgx.Batch) (*claim
 	}
 	slices.SortFunc(ids, func(a, b uuid.UUID) int { return slices.Compare(a[:], b[:]) })
 	dups := make(map[uuid.UUID]int, len(ids))
+	var xid uint32
 	tx, err := beginClaim(ctx, in.pool, func(rows pgx.Rows) error {
 		var (
 			id uuid.UUID
 			n  int
 		)
-		_, err := pgx.ForEachRow(rows, []any{&id, &n}, func() error {
+		_, err := pgx.ForEachRow(rows, []any{&id, &n, &xid}, func() error {
 			dups[id] = n
 			return nil
 		})
@@ -366,5 +367,6 @@ func (in *Inbox) claim(ctx context.Context, jobs []*job, pre *pgx.Batch) (*claim
 		_ = tx.Rollback(ctx)
 		return nil, nil, fmt.Errorf("claim %d messages in %s inbox: %d claimed", len(ids), in.q.schema, len(dups))
 	}
+	tx.xid = xid
 	return tx, dups, nil
 }

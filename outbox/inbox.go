@@ -158,9 +158,12 @@ func (in *Inbox) startProcess(ctx context.Context, msg *message.Message) (contex
 // consumer; duplicate reports that the message was already applied (fn was
 // not run).
 func (in *Inbox) Handle(ctx context.Context, id uuid.UUID, fn func(ctx context.Context, tx pgx.Tx) error) (duplicate bool, err error) {
-	var dups int
+	var (
+		dups int
+		xid  uint32
+	)
 	tx, err := beginClaim(ctx, in.pool, func(rows pgx.Rows) error {
-		n, err := pgx.ForEachRow(rows, []any{&dups}, func() error { return nil })
+		n, err := pgx.ForEachRow(rows, []any{&dups, &xid}, func() error { return nil })
 		if err == nil && n.RowsAffected() != 1 {
 			err = fmt.Errorf("the claim returned %d rows", n.RowsAffected())
 		}
@@ -169,6 +172,7 @@ func (in *Inbox) Handle(ctx context.Context, id uuid.UUID, fn func(ctx context.C
 	if err != nil {
 		return false, fmt.Errorf("claim message %s in %s inbox: %w", id, in.q.schema, err)
 	}
+	tx.xid = xid
 	defer tx.Rollback(context.WithoutCancel(ctx)) //nolint:errcheck // a no-op after Commit
 	if dups == 0 {
 		if err := fn(ctx, tx); err != nil {

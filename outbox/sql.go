@@ -46,6 +46,8 @@ type queries struct {
 	// inboxClaim records a message for a consumer. It returns 0 duplicates
 	// for the first delivery and the number of earlier deliveries for a
 	// redelivery; a concurrent delivery waits on the row lock of the first.
+	// It also returns the row's xmin: the claiming transaction's id (the
+	// claim inserts or updates the row), for the commit log.
 	inboxClaim string
 	// inboxClaimMany is inboxClaim for the ids $2 (distinct, in order): it
 	// returns each id with its count of earlier deliveries.
@@ -95,11 +97,11 @@ SELECT id, topic, key, payload, headers FROM back ORDER BY seq`, s),
 		oldest:        fmt.Sprintf(`SELECT COALESCE(EXTRACT(EPOCH FROM now() - (SELECT created_at FROM %s.outbox ORDER BY seq LIMIT 1)), 0)::float8`, s),
 		inboxClaim: fmt.Sprintf(`INSERT INTO %s.inbox AS i (consumer, message_id) VALUES ($1, $2)
 ON CONFLICT (consumer, message_id) DO UPDATE SET duplicates = i.duplicates + 1
-RETURNING duplicates`, s),
+RETURNING duplicates, i.xmin`, s),
 		inboxClaimMany: fmt.Sprintf(`INSERT INTO %s.inbox AS i (consumer, message_id)
 SELECT $1, id FROM unnest($2::uuid[]) WITH ORDINALITY AS m(id, ord) ORDER BY m.ord
 ON CONFLICT (consumer, message_id) DO UPDATE SET duplicates = i.duplicates + 1
-RETURNING message_id, duplicates`, s),
+RETURNING message_id, duplicates, i.xmin`, s),
 		inboxPurge: fmt.Sprintf(`DELETE FROM %[1]s.inbox WHERE ctid = ANY(ARRAY(
 	SELECT ctid FROM %[1]s.inbox WHERE received_at < $1 LIMIT $2))`, s),
 		duplicates: fmt.Sprintf(`SELECT COALESCE(sum(duplicates), 0)::bigint FROM %s.inbox`, s),
