@@ -71,7 +71,7 @@ func sample(body, name string, labels ...string) (sum float64, found bool) {
 // completed and compensated (durations, step latencies, states), a step
 // that never answers (timeouts, resends), redeliveries (duplicates), a
 // failing and a malformed command (dead letters by reason), the API's
-// requests, and every consumer group's lag.
+// requests, every consumer group's lag, and the relay's visibility checks.
 func TestMetricsMove(t *testing.T) {
 	t.Parallel()
 	l, err := net.Listen("tcp", "127.0.0.1:0")
@@ -145,6 +145,9 @@ func TestMetricsMove(t *testing.T) {
 		{"sagaflow_sagas", []string{`state="completed"`}, float64(counts[saga.Completed])},
 		{"sagaflow_sagas", []string{`state="failed"`}, float64(counts[saga.Failed])},
 		{"sagaflow_consumer_lag_messages", []string{`group="` + e.topics.Group("inventory") + `"`}, 0},
+		// Placements and inbox transactions are this process's: the WAL
+		// relay knows them visible without reading a snapshot.
+		{"sagaflow_relay_visibility_checks_total", []string{`by="commit_log"`}, 1},
 	}
 	for _, c := range checks {
 		v, found := sample(body, c.name, c.labels...)
