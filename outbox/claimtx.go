@@ -181,7 +181,8 @@ func (t *claimTx) Commit(ctx context.Context) error {
 }
 
 // commitWith sends the statements SendAtCommit took, the read of the
-// transaction's id and the COMMIT in one round trip. A statement that fails
+// transaction's id (unless the claim returned it) and the COMMIT in one
+// round trip. A statement that fails
 // makes the server skip the rest, the COMMIT included: the transaction is
 // rolled back and the error returned. A transaction that committed is
 // recorded in the commit log (when it wrote, so has an id).

@@ -19,8 +19,9 @@ const sqlXactID = "select pg_current_xact_id_if_assigned()::text::bigint"
 //
 // A COMMIT's answer comes after the server made the transaction visible to
 // other sessions, while logical decoding may stream it a moment before.
-// An inbox transaction or one BeginWith began (claimTx) therefore reads its
-// id in its COMMIT's round trip and, once the COMMIT answered, records it
+// An inbox transaction or one BeginWith began (claimTx) therefore knows its
+// id (an inbox's from its claim, RETURNING xmin; BeginWith's from sqlXactID
+// in its COMMIT's round trip) and, once the COMMIT answered, records it
 // here. The relay publishes a batch at once when every transaction of it is
 // recorded. Before giving up on an id it waits for the commits that were
 // under way when it looked (a ticket per COMMIT sent): one of them may be
