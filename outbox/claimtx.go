@@ -108,7 +108,7 @@ func beginClaim(ctx context.Context, pool *pgxpool.Pool, scan func(pgx.Rows) err
 	if err != nil {
 		return nil, fmt.Errorf("acquire a connection: %w", err)
 	}
-	tx := &claimTx{conn: conn, log: commitLogOf(conn.Conn().Config())}
+	tx := &claimTx{conn: conn, log: commitLogOfPool(pool)}
 	var b pgx.Batch
 	b.Queue("begin")
 	b.Queue(sql, args...)

@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
 )
 
 // sqlXactID reads the transaction's id, if it has one (it wrote), in the
@@ -63,6 +64,21 @@ var commitLogs = struct {
 	sync.Mutex
 	m map[string]*commitLog
 }{m: map[string]*commitLog{}}
+
+// poolLogs caches each pool's log: a pool's server does not change, and
+// pgxpool.Pool.Config copies the whole configuration, too much for every
+// transaction.
+var poolLogs sync.Map // *pgxpool.Pool → *commitLog
+
+// commitLogOfPool returns the log of the server pool connects to.
+func commitLogOfPool(pool *pgxpool.Pool) *commitLog {
+	if l, ok := poolLogs.Load(pool); ok {
+		return l.(*commitLog)
+	}
+	l := commitLogOf(pool.Config().ConnConfig)
+	poolLogs.Store(pool, l)
+	return l
+}
 
 // commitLogOf returns the log of the server cfg connects to.
 func commitLogOf(cfg *pgx.ConnConfig) *commitLog {

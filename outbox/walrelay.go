@@ -475,7 +475,7 @@ func (r *Relay) sendTxs(ctx context.Context, ws *walState, log *slog.Logger, txs
 		held    []heldRow
 		xids    []uint32
 		unknown = map[uuid.UUID]int{}
-		vis     = &visibility{r: r, log: commitLogOf(r.cfg.Pool.Config().ConnConfig)}
+		vis     = &visibility{r: r, log: commitLogOfPool(r.cfg.Pool), rtt: initialLogWait}
 		backoff = newBackoff(100*time.Millisecond, time.Second)
 	)
 	for {
@@ -863,18 +863,13 @@ func (v *visibility) await(ctx context.Context, xids []uint32) error {
 	if v.horizon != 0 && allBelow(xids, v.horizon) {
 		return nil
 	}
-	if v.rtt == 0 {
-		v.rtt = initialLogWait
+	var limit time.Duration
+	if len(xids) <= logWaitTxs {
+		limit = max(v.rtt, minLogWait)
 	}
-	if v.log != nil {
-		var limit time.Duration
-		if len(xids) <= logWaitTxs {
-			limit = max(v.rtt, minLogWait)
-		}
-		if v.log.await(ctx, xids, limit) {
-			v.r.localVisible.Add(1)
-			return nil
-		}
+	if v.log.await(ctx, xids, limit) {
+		v.r.localVisible.Add(1)
+		return nil
 	}
 	wait := 200 * time.Microsecond
 	for counted := false; ; {
