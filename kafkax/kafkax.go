@@ -77,9 +77,14 @@ type Config struct {
 	InstanceID string
 }
 
-// DefaultPartitions suits a 2-core machine: enough partitions for a few
-// consumer instances, few enough that idle partitions cost nothing.
-const DefaultPartitions = 8
+// DefaultPartitions is the partition count of topics created when
+// Config.Partitions is 0. A consumer keeps one message in flight per
+// partition, so partitions bound how many messages an inbox's group commit
+// can share a transaction with: on a 2-core machine 16 carried 16–34% more
+// sagas per second than 8 at 64 workers, with fewer commits per saga (see
+// the README), and an idle consumer's fetch covers them all in one request.
+// Topics that exist keep their count (see TopicSettings.DefaultPartitions).
+const DefaultPartitions = 16
 
 // ParseBrokers splits a comma separated bootstrap list.
 func ParseBrokers(s string) []string {

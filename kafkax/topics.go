@@ -22,6 +22,12 @@ import (
 type TopicSettings struct {
 	// Partitions of each topic (Config.Partitions, or DefaultPartitions).
 	Partitions int32
+	// DefaultPartitions is true when Partitions is DefaultPartitions
+	// because Config.Partitions was 0. An existing topic with fewer
+	// partitions is then kept as it is and the difference is harmless: it
+	// was created under an older default (8), and adding partitions to a
+	// keyed topic would move keys to other partitions, out of their order.
+	DefaultPartitions bool
 	// ReplicationFactor of each topic: Config.ReplicationFactor, or
 	// DefaultReplicationFactor(Brokers) when that is 0.
 	ReplicationFactor int16
@@ -50,6 +56,7 @@ func (s TopicSettings) String() string {
 func (s TopicSettings) LogValue() slog.Value {
 	return slog.GroupValue(
 		slog.Int("partitions", int(s.Partitions)),
+		slog.Bool("partitions_default", s.DefaultPartitions),
 		slog.Int("replication_factor", int(s.ReplicationFactor)),
 		slog.Bool("replication_default", s.DefaultReplication),
 		slog.Int("min_insync_replicas", s.MinInsyncReplicas),
@@ -157,6 +164,7 @@ func (c Config) settings(admin sarama.ClusterAdmin) (TopicSettings, []*sarama.Br
 	s := TopicSettings{Partitions: c.Partitions, ReplicationFactor: c.ReplicationFactor, Brokers: len(brokers)}
 	if s.Partitions <= 0 {
 		s.Partitions = DefaultPartitions
+		s.DefaultPartitions = true
 	}
 	if s.ReplicationFactor <= 0 {
 		s.ReplicationFactor = DefaultReplicationFactor(len(brokers))
@@ -191,7 +199,7 @@ func (s TopicSettings) Diff(topic string, have TopicState) []TopicDiff {
 	var out []TopicDiff
 	if have.Partitions != s.Partitions {
 		out = append(out, TopicDiff{Topic: topic, Setting: SettingPartitions, Have: int(have.Partitions), Want: int(s.Partitions),
-			Harmless: have.Partitions > s.Partitions})
+			Harmless: have.Partitions > s.Partitions || s.DefaultPartitions})
 	}
 	wantISR := s.MinInsyncReplicas
 	if have.ReplicationFactor != s.ReplicationFactor {
@@ -234,7 +242,8 @@ type TopicDiff struct {
 	Have    int
 	Want    int
 	// Harmless is true for a difference that costs nothing: more
-	// partitions than configured, or more replicas than the default
+	// partitions than configured, fewer than a default (not an explicit
+	// setting) asks for, or more replicas than the default
 	// replication factor of a cluster that lost brokers (see
 	// TopicSettings.Diff). It is reported, and StrictTopics does not
 	// refuse it.
@@ -248,9 +257,12 @@ func (d TopicDiff) String() string {
 	switch d.Setting {
 	case SettingPartitions:
 		what = fmt.Sprintf("topic %s has %d partitions, want %d", d.Topic, d.Have, d.Want)
-		if d.Have < d.Want {
+		switch {
+		case d.Have < d.Want && d.Harmless:
+			why = "the topic keeps them (a default, not --partitions, asked for more; adding partitions would move keys to other partitions, out of their order): harmless"
+		case d.Have < d.Want:
 			why = "fewer partitions mean less parallelism: a partition is consumed by one group member at a time"
-		} else {
+		default:
 			why = "more partitions than configured are harmless"
 		}
 	case SettingReplicationFactor:

@@ -239,6 +239,10 @@ func TestEnsureTopicsExistingDiffer(t *testing.T) {
 			want: []string{"topic %s has 4 partitions, want 16"}},
 		{name: "more partitions", parts: 24, rf: 3, configs: map[string]string{"min.insync.replicas": "2"}, cfgParts: 16,
 			want: []string{"topic %s has 24 partitions, want 16"}, harmless: true},
+		// Created when the default was 8: kept, since adding partitions
+		// would move keys; only an explicit count is enforced.
+		{name: "fewer partitions than the default", parts: 8, rf: 3, configs: map[string]string{"min.insync.replicas": "2"}, cfgParts: 0,
+			want: []string{"topic %s has 8 partitions, want 16 (the topic keeps them"}, harmless: true},
 		{name: "replication", parts: 16, rf: 1, cfgParts: 16,
 			want: []string{"topic %s has replication factor 1, want 3", "topic %s has min.insync.replicas 1, want 2"}},
 		{name: "min.insync.replicas", parts: 16, rf: 3, configs: map[string]string{"min.insync.replicas": "1"}, cfgParts: 16,
@@ -350,6 +354,7 @@ func TestTopicSettingsDiff(t *testing.T) {
 	// A broker of three is down (fenced): the default is RF 2 now.
 	degraded := kafkax.TopicSettings{Partitions: 16, ReplicationFactor: 2, MinInsyncReplicas: 1, Brokers: 2, DefaultReplication: true}
 	explicit2 := kafkax.TopicSettings{Partitions: 16, ReplicationFactor: 2, MinInsyncReplicas: 1, Brokers: 2}
+	defaultParts := kafkax.TopicSettings{Partitions: 16, DefaultPartitions: true, ReplicationFactor: 3, MinInsyncReplicas: 2, Brokers: 3}
 	cases := []struct {
 		name     string
 		settings kafkax.TopicSettings
@@ -360,6 +365,10 @@ func TestTopicSettingsDiff(t *testing.T) {
 		{"fewer partitions", rf3, kafkax.TopicState{Partitions: 4, ReplicationFactor: 3, MinInsyncReplicas: 2},
 			[]kafkax.TopicDiff{{Topic: "x", Setting: kafkax.SettingPartitions, Have: 4, Want: 16}}},
 		{"more partitions", rf3, kafkax.TopicState{Partitions: 32, ReplicationFactor: 3, MinInsyncReplicas: 2},
+			[]kafkax.TopicDiff{{Topic: "x", Setting: kafkax.SettingPartitions, Have: 32, Want: 16, Harmless: true}}},
+		{"fewer partitions than the default", defaultParts, kafkax.TopicState{Partitions: 8, ReplicationFactor: 3, MinInsyncReplicas: 2},
+			[]kafkax.TopicDiff{{Topic: "x", Setting: kafkax.SettingPartitions, Have: 8, Want: 16, Harmless: true}}},
+		{"more partitions than the default", defaultParts, kafkax.TopicState{Partitions: 32, ReplicationFactor: 3, MinInsyncReplicas: 2},
 			[]kafkax.TopicDiff{{Topic: "x", Setting: kafkax.SettingPartitions, Have: 32, Want: 16, Harmless: true}}},
 		{"all", rf3, kafkax.TopicState{Partitions: 1, ReplicationFactor: 1, MinInsyncReplicas: 1}, []kafkax.TopicDiff{
 			{Topic: "x", Setting: kafkax.SettingPartitions, Have: 1, Want: 16},
@@ -412,6 +421,7 @@ func TestTopicDiffMessages(t *testing.T) {
 	}{
 		{kafkax.TopicDiff{Topic: "x", Setting: "partitions", Have: 4, Want: 16}, []string{"topic x has 4 partitions, want 16", "parallelism"}},
 		{kafkax.TopicDiff{Topic: "x", Setting: "partitions", Have: 24, Want: 16, Harmless: true}, []string{"topic x has 24 partitions, want 16", "harmless"}},
+		{kafkax.TopicDiff{Topic: "x", Setting: "partitions", Have: 8, Want: 16, Harmless: true}, []string{"topic x has 8 partitions, want 16", "keeps them", "harmless"}},
 		{kafkax.TopicDiff{Topic: "x", Setting: "replication factor", Have: 1, Want: 3}, []string{"topic x has replication factor 1, want 3"}},
 		{kafkax.TopicDiff{Topic: "x", Setting: "min.insync.replicas", Have: 1, Want: 2}, []string{"topic x has min.insync.replicas 1, want 2"}},
 	}

@@ -118,7 +118,7 @@ func benchSetup(b *testing.B, conns int) *benchEnv {
 	return e
 }
 
-// topic creates a fresh topic (8 partitions).
+// topic creates a fresh topic (kafkax.DefaultPartitions partitions).
 func (e *benchEnv) topic(prefix string) string {
 	e.b.Helper()
 	t := testenv.Name(e.b, prefix)

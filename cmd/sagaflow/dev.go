@@ -28,7 +28,7 @@ func runDev(ctx context.Context, args []string, stdout io.Writer) error {
 	dir := fs.String("dir", ".sagaflow", "directory for PostgreSQL and Kafka data (kept across runs)")
 	pgPort := fs.Int("pg-port", 15432, "PostgreSQL port at 127.0.0.1")
 	kafkaPort := fs.Int("kafka-port", 19092, "embedded Kafka port at 127.0.0.1")
-	partitions := fs.Int("partitions", kafkax.DefaultPartitions, "partitions per topic")
+	partitions := fs.Int("partitions", 0, fmt.Sprintf("partitions per topic (0: %d; topics kept in --dir keep theirs)", kafkax.DefaultPartitions))
 	httpAddr := fs.String("http", "127.0.0.1:8080", "API listen address")
 	outboxMode := fs.String("outbox", "wal", "how the relay learns of committed outbox rows: wal (logical replication) or poll")
 	var sf sagaFlags

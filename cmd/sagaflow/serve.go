@@ -40,7 +40,7 @@ func (c *commonFlags) register(fs *flag.FlagSet) {
 	// No env default here: the usage would print it, password and all.
 	fs.StringVar(&c.databaseURL, "database-url", "", "PostgreSQL connection string (default $DATABASE_URL)")
 	fs.StringVar(&c.brokers, "kafka-brokers", env("KAFKA_BROKERS", ""), "Kafka bootstrap brokers, comma separated (default $KAFKA_BROKERS)")
-	fs.IntVar(&c.partitions, "partitions", kafkax.DefaultPartitions, "partitions of topics created at start-up")
+	fs.IntVar(&c.partitions, "partitions", 0, fmt.Sprintf("partitions of topics created at start-up (0: %d; an existing topic keeps its count, and only a count set here is compared with it)", kafkax.DefaultPartitions))
 	fs.IntVar(&c.replication, "replication-factor", 0, "replication factor of topics created at start-up (0: min(3, brokers in the cluster), with min.insync.replicas one less, at least 1)")
 	fs.StringVar(&c.topicPrefix, "topic-prefix", env("SAGAFLOW_TOPIC_PREFIX", ""), "prefix of every topic and consumer group name")
 }
