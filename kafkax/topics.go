@@ -259,7 +259,7 @@ func (d TopicDiff) String() string {
 		what = fmt.Sprintf("topic %s has %d partitions, want %d", d.Topic, d.Have, d.Want)
 		switch {
 		case d.Have < d.Want && d.Harmless:
-			why = "the topic keeps them (a default, not --partitions, asked for more; adding partitions would move keys to other partitions, out of their order): harmless"
+			why = "kept: only the default asks for more, and adding partitions would move keys away from their older messages; harmless"
 		case d.Have < d.Want:
 			why = "fewer partitions mean less parallelism: a partition is consumed by one group member at a time"
 		default:

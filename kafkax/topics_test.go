@@ -242,7 +242,7 @@ func TestEnsureTopicsExistingDiffer(t *testing.T) {
 		// Created when the default was 8: kept, since adding partitions
 		// would move keys; only an explicit count is enforced.
 		{name: "fewer partitions than the default", parts: 8, rf: 3, configs: map[string]string{"min.insync.replicas": "2"}, cfgParts: 0,
-			want: []string{"topic %s has 8 partitions, want 16 (the topic keeps them"}, harmless: true},
+			want: []string{"topic %s has 8 partitions, want 16 (kept: only the default asks for more"}, harmless: true},
 		{name: "replication", parts: 16, rf: 1, cfgParts: 16,
 			want: []string{"topic %s has replication factor 1, want 3", "topic %s has min.insync.replicas 1, want 2"}},
 		{name: "min.insync.replicas", parts: 16, rf: 3, configs: map[string]string{"min.insync.replicas": "1"}, cfgParts: 16,
@@ -421,7 +421,7 @@ func TestTopicDiffMessages(t *testing.T) {
 	}{
 		{kafkax.TopicDiff{Topic: "x", Setting: "partitions", Have: 4, Want: 16}, []string{"topic x has 4 partitions, want 16", "parallelism"}},
 		{kafkax.TopicDiff{Topic: "x", Setting: "partitions", Have: 24, Want: 16, Harmless: true}, []string{"topic x has 24 partitions, want 16", "harmless"}},
-		{kafkax.TopicDiff{Topic: "x", Setting: "partitions", Have: 8, Want: 16, Harmless: true}, []string{"topic x has 8 partitions, want 16", "keeps them", "harmless"}},
+		{kafkax.TopicDiff{Topic: "x", Setting: "partitions", Have: 8, Want: 16, Harmless: true}, []string{"topic x has 8 partitions, want 16", "kept", "harmless"}},
 		{kafkax.TopicDiff{Topic: "x", Setting: "replication factor", Have: 1, Want: 3}, []string{"topic x has replication factor 1, want 3"}},
 		{kafkax.TopicDiff{Topic: "x", Setting: "min.insync.replicas", Have: 1, Want: 2}, []string{"topic x has min.insync.replicas 1, want 2"}},
 	}
