@@ -212,10 +212,9 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 
 func run(ctx context.Context, cfg *Config, e *env) (*Report, error) {
 	runID := uuid.NewString()[:8]
-	t0 := time.Now().Add(50 * time.Millisecond)
-	mStart := t0.Add(cfg.Warmup)
-	mEnd := mStart.Add(cfg.Duration)
-	t := newTracker(mStart, mEnd, cfg.MaxInflight)
+	// The measured window is set once a first saga has ended: until then
+	// no saga counts.
+	t := newTracker(time.Time{}, time.Time{}, cfg.MaxInflight)
 
 	w, err := startWatcher(ctx, e.kafka, e.topics.OrderEvents, t.event)
 	if err != nil {
@@ -224,6 +223,18 @@ func run(ctx context.Context, cfg *Config, e *env) (*Report, error) {
 	var closeWatcher sync.Once
 	stopWatcher := func() { closeWatcher.Do(w.close) }
 	defer stopWatcher()
+
+	first, err := prime(ctx, e.placer, t, "bench-"+runID+"-first", cfg.Settle)
+	if err != nil {
+		return nil, err
+	}
+	if cfg.Progress != nil {
+		fmt.Fprintf(cfg.Progress, "bench  first saga ended in %.1fs (consumers joined their groups); warm-up starts\n", first.Seconds())
+	}
+	t0 := time.Now().Add(50 * time.Millisecond)
+	mStart := t0.Add(cfg.Warmup)
+	mEnd := mStart.Add(cfg.Duration)
+	t.setWindow(mStart, mEnd)
 
 	// Progress lines, and the measured window's CPU samples and profile.
 	var bgWG sync.WaitGroup

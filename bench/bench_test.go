@@ -293,3 +293,49 @@ func BenchmarkSagas(b *testing.B) {
 		b.ReportMetric(rep.Latency.P99, "p99-ms")
 	}
 }
+
+// endingPlacer places orders whose sagas end after delay (the terminal
+// event reaches the tracker as the watcher would hand it over), or never
+// when delay is negative.
+type endingPlacer struct {
+	t     *tracker
+	delay time.Duration
+}
+
+func (p endingPlacer) place(ctx context.Context, key string, k kind, sku int) (uuid.UUID, error) {
+	id := uuid.New()
+	if p.delay >= 0 {
+		time.AfterFunc(p.delay, func() {
+			p.t.event(order.Event{Type: order.EventConfirmed, SagaID: id}, time.Now())
+		})
+	}
+	return id, nil
+}
+
+// The clock starts only once a first saga has ended: a slow start-up (a
+// consumer group still taking its partitions) cannot fill the warm-up and
+// the measured window, and the first saga counts in neither. A first saga
+// that never ends fails the run instead of measuring nothing. Before, a
+// closed loop of one worker on the real broker measured 0 sagas in a
+// one-second window when the first saga took longer than the warm-up.
+func TestPrimeStartsTheClockAfterAFirstSaga(t *testing.T) {
+	t.Parallel()
+	tr := newTracker(time.Time{}, time.Time{}, 10)
+	took, err := prime(t.Context(), endingPlacer{t: tr, delay: 300 * time.Millisecond}, tr, "first", 10*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if took < 300*time.Millisecond {
+		t.Errorf("prime returned after %s, before the saga ended", took)
+	}
+	if tr.inflight() != 0 || tr.placedM.Load() != 0 || tr.endedM.Load() != 0 || tr.inWindow.Load() != 0 {
+		t.Errorf("the first saga counts: in flight %d, measured placed %d ended %d, in window %d",
+			tr.inflight(), tr.placedM.Load(), tr.endedM.Load(), tr.inWindow.Load())
+	}
+
+	stuck := newTracker(time.Time{}, time.Time{}, 10)
+	if _, err := prime(t.Context(), endingPlacer{t: stuck, delay: -1}, stuck, "first", 200*time.Millisecond); err == nil ||
+		!strings.Contains(err.Error(), "did not end within 200ms") {
+		t.Errorf("a first saga that never ends: error %v", err)
+	}
+}

@@ -274,6 +274,41 @@ func newTracker(mStart, mEnd time.Time, maxInflight int) *tracker {
 
 func (t *tracker) inflight() int64 { return t.begun.Load() - t.ended.Load() - t.failed.Load() }
 
+// setWindow sets the measured window. The load's goroutines, which read it
+// without the lock, start after it is set.
+func (t *tracker) setWindow(mStart, mEnd time.Time) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	t.mStart, t.mEnd = mStart, mEnd
+}
+
+// prime places one order and waits for its saga to end, before the clock
+// starts: on a fresh stack the consumer groups join and take their
+// partitions first (seconds on a real broker, more with more partitions),
+// which would otherwise fill the warm-up and the measured window with a
+// start-up. It returns how long the saga took; a saga that does not end
+// within limit fails the run, since then no measurement would mean
+// anything.
+func prime(ctx context.Context, p placer, t *tracker, key string, limit time.Duration) (time.Duration, error) {
+	ctx, cancel := context.WithTimeout(ctx, limit)
+	defer cancel()
+	start := time.Now()
+	done := make(chan struct{})
+	t.begun.Add(1)
+	id, err := p.place(ctx, key, happy, 0)
+	if err != nil {
+		t.fail(err, false)
+		return 0, fmt.Errorf("place a first order: %w", err)
+	}
+	t.placed(id, &tracked{start: start, expect: order.EventConfirmed, done: done})
+	select {
+	case <-done:
+		return time.Since(start), nil
+	case <-ctx.Done():
+		return 0, fmt.Errorf("the first saga (%s) did not end within %s: is every role running, and is Kafka reachable?", id, limit)
+	}
+}
+
 func (t *tracker) measuredAt(start time.Time) bool {
 	return !start.Before(t.mStart) && start.Before(t.mEnd)
 }

@@ -276,9 +276,10 @@ func TestSweepRejects(t *testing.T) {
 	}
 }
 
-// TestSweepInProcess sweeps two closed loops of a second each (after half
-// a second's warm-up, as TestRunInProcess, so that a slow start does not
-// fill the window), each on its own in-process stack (skipped with -short).
+// TestSweepInProcess sweeps two closed loops of two seconds each (after
+// half a second's warm-up, which starts once a first saga has ended, so
+// that a slow start does not fill the window), each on its own in-process
+// stack (skipped with -short).
 func TestSweepInProcess(t *testing.T) {
 	if testing.Short() {
 		t.Skip("starts PostgreSQL, Kafka and every role, twice")
@@ -287,7 +288,7 @@ func TestSweepInProcess(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
 	var progress bytes.Buffer
-	base := Config{Duration: time.Second, Warmup: 500 * time.Millisecond, Brokers: kafkax.ParseBrokers(os.Getenv("KAFKA_BROKERS"))}
+	base := Config{Duration: 2 * time.Second, Warmup: 500 * time.Millisecond, Brokers: kafkax.ParseBrokers(os.Getenv("KAFKA_BROKERS"))}
 	points, err := Sweep(ctx, base, []int{1, 2}, nil, &progress)
 	defer func() {
 		if t.Failed() {

@@ -27,7 +27,7 @@ func runBench(ctx context.Context, args []string, stdout io.Writer) error {
 	concurrency := fs.Int("concurrency", 0, fmt.Sprintf("closed loop: workers that each place an order and wait for its end (default %d when no --rate)", bench.DefaultConcurrency))
 	maxInflight := fs.Int("max-inflight", bench.DefaultMaxInflight, "open loop: most sagas in flight")
 	duration := fs.Duration("duration", bench.DefaultDuration, "measured load duration")
-	warmup := fs.Duration("warmup", 3*time.Second, "load before the measurement, not counted")
+	warmup := fs.Duration("warmup", 3*time.Second, "load before the measurement, not counted; it starts once a first saga has ended end to end (consumer groups joined)")
 	settle := fs.Duration("settle", bench.DefaultSettle, "how long to wait for the sagas in flight after the load")
 	refuse := fs.Float64("refuse", 0, "fraction of orders refused by a step's business rules (0 to 1), spread over inventory, payment and shipping")
 	skus := fs.Int("skus", bench.DefaultSKUs, "SKUs the orders spread over (1: every reservation contends for one stock row)")
