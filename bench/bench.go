@@ -229,7 +229,7 @@ func run(ctx context.Context, cfg *Config, e *env) (*Report, error) {
 		return nil, err
 	}
 	if cfg.Progress != nil {
-		fmt.Fprintf(cfg.Progress, "bench  first saga ended in %.1fs (consumers joined their groups); warm-up starts\n", first.Seconds())
+		fmt.Fprintf(cfg.Progress, "bench  first saga ended in %.1fs; warm-up starts\n", first.Seconds())
 	}
 	t0 := time.Now().Add(50 * time.Millisecond)
 	mStart := t0.Add(cfg.Warmup)

@@ -283,10 +283,10 @@ func (t *tracker) setWindow(mStart, mEnd time.Time) {
 }
 
 // prime places one order and waits for its saga to end, before the clock
-// starts: on a fresh stack the consumer groups join and take their
-// partitions first (seconds on a real broker, more with more partitions),
-// which would otherwise fill the warm-up and the measured window with a
-// start-up. It returns how long the saga took; a saga that does not end
+// starts: a fresh stack's roles report ready once their consumers joined
+// their routers, which is not yet a saga end to end (a consumer group may
+// still be taking its partitions), and a slow first saga would otherwise
+// fill the warm-up and the measured window with the start-up. It returns how long the saga took; a saga that does not end
 // within limit fails the run, since then no measurement would mean
 // anything.
 func prime(ctx context.Context, p placer, t *tracker, key string, limit time.Duration) (time.Duration, error) {
