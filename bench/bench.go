@@ -472,7 +472,7 @@ func (w *window) results() []ProcessCPU {
 		if !ok || w.secs <= 0 {
 			continue
 		}
-		out = append(out, ProcessCPU{Name: s.name, PID: s.pid, Seconds: round(v-s.start, 3), Cores: round((v-s.start)/w.secs, 3), Note: s.note})
+		out = append(out, ProcessCPU{Name: s.name, PID: s.pid, Seconds: round(v-s.start, 3), Cores: round((v-s.start)/w.secs, 3), Note: s.noteFor()})
 	}
 	return out
 }

@@ -215,6 +215,39 @@ func TestParseStat(t *testing.T) {
 	}
 }
 
+// A broker's JVM that had used less than warmBrokerCPU seconds of CPU when
+// the window opened is reported as still warming up; a warm one, or a
+// process without the check, is not.
+func TestNoteForWarmingBroker(t *testing.T) {
+	t.Parallel()
+	tests := []struct {
+		name string
+		src  cpuSource
+		want string // "" : the note alone
+	}{
+		{"fresh JVM", cpuSource{note: "broker", start: 12, warmAfter: warmBrokerCPU}, "broker; still warming up: 12 s of CPU since it started, under 60 s"},
+		{"warm JVM", cpuSource{note: "broker", start: 75, warmAfter: warmBrokerCPU}, ""},
+		{"no check", cpuSource{note: "postmaster and backends", start: 1}, ""},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			got := tt.src.noteFor()
+			if tt.want == "" {
+				if got != tt.src.note {
+					t.Errorf("note %q, want %q", got, tt.src.note)
+				}
+				return
+			}
+			if !strings.HasPrefix(got, tt.want) || !strings.Contains(got, "run again") {
+				t.Errorf("note %q, want it to start with %q and say to run again", got, tt.want)
+			}
+		})
+	}
+	if isJVM(os.Getpid()) {
+		t.Error("this test binary taken for a JVM")
+	}
+}
+
 func TestConfig(t *testing.T) {
 	for _, c := range []Config{
 		{Rate: 10, Concurrency: 2},
@@ -248,10 +281,19 @@ func TestRunInProcess(t *testing.T) {
 	needPostgres(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
+	brokers := kafkax.ParseBrokers(os.Getenv("KAFKA_BROKERS"))
 	rep, err := Run(ctx, Config{Rate: 40, Duration: 2 * time.Second, Warmup: 500 * time.Millisecond, Refuse: 0.3,
-		Brokers: kafkax.ParseBrokers(os.Getenv("KAFKA_BROKERS"))})
+		Brokers: brokers})
 	if err != nil {
 		t.Fatal(err)
+	}
+	if len(brokers) > 0 {
+		// scripts/kafka's broker is a JVM on this machine: its CPU is
+		// reported, with the warm-up check.
+		srcs := brokerSources(brokers)
+		if len(srcs) == 0 || srcs[0].warmAfter != warmBrokerCPU {
+			t.Errorf("broker %v: CPU sources %+v, want the JVM with its warm-up check", brokers, srcs)
+		}
 	}
 	var buf bytes.Buffer
 	_ = rep.PrintTable(&buf)

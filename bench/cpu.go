@@ -37,6 +37,35 @@ type cpuSource struct {
 	pid        int // 0: this process
 	start      float64
 	ok         bool
+	// warmAfter, when set, is the CPU time (seconds, since the process
+	// started) below which it is still warming up: see warmBrokerCPU.
+	warmAfter float64
+}
+
+// warmBrokerCPU is the CPU time a Kafka broker's JVM has used, since it
+// started, below which its figures are those of a JVM still compiling its
+// hot code. Measured on the two-core VM (scripts/kafka/kafka start --fresh,
+// then `sagaflow bench --duration 20s --concurrency 64` five times): the
+// broker had used 6, 44, 68, 89 and 109 s of CPU before the runs, which
+// made 162, 191, 220, 222 and 246 sagas/s at 4.3, 2.1, 1.5, 1.4 and 1.3 ms
+// of broker CPU per saga.
+const warmBrokerCPU = 60.0
+
+// isJVM reports whether process pid is a Java virtual machine (Apache
+// Kafka's broker; not, say, Redpanda's, which compiles nothing at run time).
+func isJVM(pid int) bool {
+	b, err := os.ReadFile(filepath.Join("/proc", strconv.Itoa(pid), "comm"))
+	return err == nil && strings.TrimSpace(string(b)) == "java"
+}
+
+// noteFor is what the report says of s's CPU figure: its note, and that the
+// process was still warming up when the window opened.
+func (s *cpuSource) noteFor() string {
+	if s.warmAfter <= 0 || s.start >= s.warmAfter {
+		return s.note
+	}
+	return fmt.Sprintf("%s; still warming up: %.0f s of CPU since it started, under %.0f s (a JVM compiles its hot code under its first load), so this run's figures are pessimistic: run again to measure it warm",
+		s.note, s.start, s.warmAfter)
 }
 
 // addSource appends a process to sources, or names it along an entry of the

@@ -321,7 +321,11 @@ func brokerSources(brokers []string) []*cpuSource {
 		}
 		if pid, err := listenerPID(port); err == nil && !seen[pid] && pid != os.Getpid() {
 			seen[pid] = true
-			out = append(out, &cpuSource{name: "kafka " + b, pid: pid, note: "broker"})
+			src := &cpuSource{name: "kafka " + b, pid: pid, note: "broker"}
+			if isJVM(pid) {
+				src.warmAfter = warmBrokerCPU
+			}
+			out = append(out, src)
 		}
 	}
 	return out
