@@ -4,8 +4,10 @@ import (
 	"errors"
 	"fmt"
 	"testing"
+	"time"
 
 	"github.com/IBM/sarama"
+	"github.com/sagaflow/sagaflow/kafkax"
 )
 
 // The relay's producer (kgo behind sarama's SendMessages) puts every key in
@@ -36,6 +38,12 @@ func TestRelayProducer(t *testing.T) {
 			viaSarama = append(viaSarama, &sarama.ProducerMessage{Topic: e.topic, Key: key, Value: sarama.StringEncoder("s"), Metadata: k})
 		}
 	}
+	// A topic just created may still refuse writes for a moment: its
+	// metadata names a leader before the broker leads the partition
+	// (NOT_LEADER_FOR_PARTITION, which the relay retries). One message per
+	// key first, until each went, so that the call below meets a topic
+	// ready on every partition it uses.
+	awaitWritable(t, rp, e.topic, keys)
 	huge := &sarama.ProducerMessage{Topic: e.topic, Key: sarama.StringEncoder("huge"), Value: sarama.ByteEncoder(make([]byte, 1024*1024+1))}
 	err = rp.SendMessages(append([]*sarama.ProducerMessage{huge}, viaRelay...))
 	var perrs sarama.ProducerErrors
@@ -59,5 +67,30 @@ func TestRelayProducer(t *testing.T) {
 			t.Errorf("key saga-%d: offset %d after %d: out of order", k, m.Offset, off)
 		}
 		last[k] = m.Offset
+	}
+}
+
+// awaitWritable sends one message for each of the keys saga-0 … saga-(keys-1)
+// through rp, again until each was acknowledged, for at most 30 s.
+func awaitWritable(t *testing.T, rp *kafkax.RelayProducer, topic string, keys int) {
+	t.Helper()
+	var pending []*sarama.ProducerMessage
+	for k := range keys {
+		pending = append(pending, &sarama.ProducerMessage{Topic: topic, Key: sarama.StringEncoder(fmt.Sprintf("saga-%d", k)), Value: sarama.StringEncoder("ready?")})
+	}
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		err := rp.SendMessages(pending)
+		if err == nil {
+			return
+		}
+		var perrs sarama.ProducerErrors
+		if !errors.As(err, &perrs) || time.Now().After(deadline) {
+			t.Fatalf("topic %s not writable: %v", topic, err)
+		}
+		pending = pending[:0]
+		for _, pe := range perrs {
+			pending = append(pending, pe.Msg)
+		}
 	}
 }
