@@ -381,3 +381,51 @@ func TestPrimeStartsTheClockAfterAFirstSaga(t *testing.T) {
 		t.Errorf("a first saga that never ends: error %v", err)
 	}
 }
+
+// TestWALTargets checks the goals of the issue that moved the outbox onto
+// the WAL: each reported for the run it is about, met or missed by the
+// figures of the run.
+func TestWALTargets(t *testing.T) {
+	t.Parallel()
+	pg := func(commits float64) *PGStats { return &PGStats{CommitsPerSaga: commits} }
+	for _, tc := range []struct {
+		name string
+		rep  Report
+		want map[string]string // target name → status; a name absent here must be absent from the report
+	}{
+		{"8 workers on kfake, both met", Report{Kafka: "kfake", Loop: "closed", Concurrency: 8, SagasPerSecond: 201.2, Latency: Latency{P50: 28}, Postgres: pg(6.5)},
+			map[string]string{"≥200 sagas/s and p50 ≤ 30 ms at 8 workers (kfake)": "met", "≤8 PostgreSQL commits per saga": "met"}},
+		{"8 workers on kfake, fast enough but p50 too high", Report{Kafka: "kfake", Loop: "closed", Concurrency: 8, SagasPerSecond: 201.2, Latency: Latency{P50: 38.3}, Postgres: pg(6.6)},
+			map[string]string{"≥200 sagas/s and p50 ≤ 30 ms at 8 workers (kfake)": "missed", "≤8 PostgreSQL commits per saga": "met"}},
+		{"8 workers on kfake, too slow", Report{Kafka: "kfake", Loop: "closed", Concurrency: 8, SagasPerSecond: 176.7, Latency: Latency{P50: 25}, Postgres: pg(8.1)},
+			map[string]string{"≥200 sagas/s and p50 ≤ 30 ms at 8 workers (kfake)": "missed", "≤8 PostgreSQL commits per saga": "missed"}},
+		{"64 workers on kfake", Report{Kafka: "kfake", Loop: "closed", Concurrency: 64, SagasPerSecond: 292.9, Postgres: pg(4.1)},
+			map[string]string{"≥450 sagas/s at 64 workers (kfake)": "missed", "≤8 PostgreSQL commits per saga": "met"}},
+		{"64 workers on a real broker", Report{Kafka: "127.0.0.1:19092", Loop: "closed", Concurrency: 64, SagasPerSecond: 300, Postgres: pg(4.0)},
+			map[string]string{"≥300 sagas/s at 64 workers (real broker)": "met", "≤8 PostgreSQL commits per saga": "met"}},
+		{"8 workers on a real broker: no throughput goal", Report{Kafka: "127.0.0.1:19092", Loop: "closed", Concurrency: 8, SagasPerSecond: 300, Postgres: pg(6.0)},
+			map[string]string{"≤8 PostgreSQL commits per saga": "met"}},
+		{"open loop, running roles (no commits measured)", Report{Kafka: "kfake", Loop: "open", Rate: 250, SagasPerSecond: 250},
+			map[string]string{}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			rep := tc.rep
+			rep.setTargets()
+			got := map[string]string{}
+			for _, tg := range rep.Targets {
+				got[tg.Name] = tg.Status
+			}
+			for name, want := range tc.want {
+				if got[name] != want {
+					t.Errorf("target %q: %q, want %q (targets %+v)", name, got[name], want, rep.Targets)
+				}
+			}
+			for name := range got {
+				if _, ok := tc.want[name]; !ok && (strings.Contains(name, "workers") || strings.Contains(name, "commits per saga")) {
+					t.Errorf("target %q reported for a run it is not about", name)
+				}
+			}
+		})
+	}
+}
