@@ -391,7 +391,7 @@ func TestWALTargets(t *testing.T) {
 	for _, tc := range []struct {
 		name string
 		rep  Report
-		want map[string]string // target name → status; a name absent here must be absent from the report
+		want map[string]string // target name → status; a goal of the WAL issue absent here must be absent from the report
 	}{
 		{"8 workers on kfake, both met", Report{Kafka: "kfake", Loop: "closed", Concurrency: 8, SagasPerSecond: 201.2, Latency: Latency{P50: 28}, Postgres: pg(6.5)},
 			map[string]string{"≥200 sagas/s and p50 ≤ 30 ms at 8 workers (kfake)": "met", "≤8 PostgreSQL commits per saga": "met"}},
