@@ -233,12 +233,6 @@ func (r *Report) WriteJSON(w io.Writer) error {
 // within 20% of the happy-path rate (which takes two runs); then the WAL
 // issue's (walTargets); verify passes.
 func (r *Report) setTargets() {
-	status := func(ok bool) string {
-		if ok {
-			return "met"
-		}
-		return "missed"
-	}
 	want, where := 1000.0, "real broker; ≥1500 with kfake"
 	if r.Kafka == "kfake" {
 		want, where = 1500, "kfake"
@@ -265,7 +259,7 @@ func (r *Report) setTargets() {
 		r.Targets = append(r.Targets, Target{Name: "with 30% refusals, within 20% of the happy-path rate",
 			Got: fmt.Sprintf("%.0f/s", r.SagasPerSecond), Status: "n/a", Note: "compare with the same run at --refuse 0"})
 	}
-	r.walTargets(status)
+	r.walTargets()
 	r.Targets = append(r.Targets, Target{Name: "sagaflow verify passes", Got: r.Verify.Summary, Status: status(r.Verify.OK)})
 }
 
@@ -275,7 +269,7 @@ func (r *Report) setTargets() {
 // p50 ≤ 30 ms; one of 64 at ≥ 450/s on kfake and ≥ 300/s on a real
 // broker; at most 8 PostgreSQL commits per saga at any load. A throughput
 // goal is reported only for the run it is about.
-func (r *Report) walTargets(status func(bool) string) {
+func (r *Report) walTargets() {
 	if r.Loop == "closed" && r.Concurrency == 8 && r.Kafka == "kfake" {
 		r.Targets = append(r.Targets, Target{Name: "≥200 sagas/s and p50 ≤ 30 ms at 8 workers (kfake)",
 			Got:    fmt.Sprintf("%.0f/s, p50 %.1f ms", r.SagasPerSecond, r.Latency.P50),
@@ -293,6 +287,14 @@ func (r *Report) walTargets(status func(bool) string) {
 		r.Targets = append(r.Targets, Target{Name: "≤8 PostgreSQL commits per saga",
 			Got: fmt.Sprintf("%.1f", r.Postgres.CommitsPerSaga), Status: status(r.Postgres.CommitsPerSaga <= 8)})
 	}
+}
+
+// status is a target's verdict.
+func status(ok bool) string {
+	if ok {
+		return "met"
+	}
+	return "missed"
 }
 
 // Visibility counts how the WAL relay knew streamed batches visible (see
