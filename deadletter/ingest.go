@@ -6,7 +6,6 @@ import (
 	"log/slog"
 	"time"
 
-	"github.com/ThreeDotsLabs/watermill"
 	"github.com/ThreeDotsLabs/watermill-kafka/v3/pkg/kafka"
 	"github.com/ThreeDotsLabs/watermill/message"
 
@@ -55,7 +54,7 @@ func (in *Ingester) Running() <-chan struct{} { return in.running }
 // gives it again.
 func (in *Ingester) Run(ctx context.Context) error {
 	log := in.cfg.Logger.With("component", "dead letters")
-	wlog := watermill.NewSlogLoggerWithLevelMapping(log, map[slog.Level]slog.Level{slog.LevelInfo: slog.LevelDebug})
+	wlog := kafkax.Logger(log)
 	sub, err := in.cfg.Kafka.NewSubscriber(in.cfg.Group, wlog)
 	if err != nil {
 		return err

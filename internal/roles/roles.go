@@ -17,7 +17,6 @@ import (
 	"sync"
 	"time"
 
-	"github.com/ThreeDotsLabs/watermill"
 	"github.com/ThreeDotsLabs/watermill/message"
 	"github.com/jackc/pgx/v5/pgxpool"
 
@@ -242,7 +241,7 @@ func (s *Stack) Run(ctx context.Context) error {
 			return fmt.Errorf("inbox retention: %w", err)
 		}
 	}
-	wlog := watermill.NewSlogLoggerWithLevelMapping(log, map[slog.Level]slog.Level{slog.LevelInfo: slog.LevelDebug})
+	wlog := kafkax.Logger(log)
 
 	var wg sync.WaitGroup
 	errs := make(chan error, 16)
