@@ -81,11 +81,11 @@ func (o *Outbox) Write(ctx context.Context, tx pgx.Tx, msgs ...Message) error {
 	if len(msgs) == 0 {
 		return nil
 	}
-	args, err := o.insertArgs(ctx, msgs)
+	sql, args, err := o.insertArgs(ctx, msgs)
 	if err != nil {
 		return err
 	}
-	if _, err := tx.Exec(ctx, o.q.insert, args...); err != nil {
+	if _, err := tx.Exec(ctx, sql, args...); err != nil {
 		return fmt.Errorf("write %d message(s) to %s outbox: %w", len(msgs), o.q.schema, err)
 	}
 	wake(o.q.schema)
@@ -101,16 +101,18 @@ func (o *Outbox) Queue(b *pgx.Batch, msgs ...Message) error {
 	if len(msgs) == 0 {
 		return nil
 	}
-	args, err := o.insertArgs(context.Background(), msgs)
+	sql, args, err := o.insertArgs(context.Background(), msgs)
 	if err != nil {
 		return err
 	}
-	b.Queue(o.q.insert, args...)
+	b.Queue(sql, args...)
 	wake(o.q.schema)
 	return nil
 }
 
-func (o *Outbox) insertArgs(ctx context.Context, msgs []Message) ([]any, error) {
+// insertArgs checks msgs, fills in their ids and returns the statement that
+// inserts them with its arguments.
+func (o *Outbox) insertArgs(ctx context.Context, msgs []Message) (string, []any, error) {
 	traced := telemetry.Enabled() && trace.SpanContextFromContext(ctx).IsValid()
 	ids := make([]uuid.UUID, len(msgs))
 	topics := make([]string, len(msgs))
@@ -120,17 +122,17 @@ func (o *Outbox) insertArgs(ctx context.Context, msgs []Message) ([]any, error) 
 	for i := range msgs {
 		m := &msgs[i]
 		if m.Topic == "" {
-			return nil, errors.New("write outbox message: empty topic")
+			return "", nil, errors.New("write outbox message: empty topic")
 		}
 		for k := range m.Headers {
 			if reservedHeader(k) {
-				return nil, fmt.Errorf("write outbox message to %s: header %q is the relay's own (message id or key) and cannot be set", m.Topic, k)
+				return "", nil, fmt.Errorf("write outbox message to %s: header %q is the relay's own (message id or key) and cannot be set", m.Topic, k)
 			}
 		}
 		if m.ID == uuid.Nil {
 			id, err := uuid.NewV7()
 			if err != nil {
-				return nil, fmt.Errorf("write outbox message: new id: %w", err)
+				return "", nil, fmt.Errorf("write outbox message: new id: %w", err)
 			}
 			m.ID = id
 		}
@@ -140,11 +142,14 @@ func (o *Outbox) insertArgs(ctx context.Context, msgs []Message) ([]any, error) 
 		}
 		h, err := json.Marshal(headers)
 		if err != nil {
-			return nil, fmt.Errorf("write outbox message %s: encode headers: %w", m.ID, err)
+			return "", nil, fmt.Errorf("write outbox message %s: encode headers: %w", m.ID, err)
 		}
 		ids[i], topics[i], keys[i], payloads[i], encoded[i] = m.ID, m.Topic, m.Key, m.Payload, h
 	}
-	return []any{ids, topics, keys, payloads, encoded, o.q.schema + ":"}, nil
+	if len(msgs) == 1 {
+		return o.q.insertOne, []any{ids[0], topics[0], keys[0], payloads[0], encoded[0], o.q.schema + ":"}, nil
+	}
+	return o.q.insert, []any{ids, topics, keys, payloads, encoded, o.q.schema + ":"}, nil
 }
 
 // reservedHeader reports whether name is a header the relay writes itself:

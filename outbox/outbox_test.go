@@ -8,6 +8,7 @@ import (
 	"math/rand/v2"
 	"os"
 	"strings"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -774,4 +775,68 @@ func TestBrokerOutage(t *testing.T) {
 	waitFor(t, "outbox drained", func() bool { b, _ := e.ob.Backlog(ctx, e.db.Pool); return b.Rows == 0 })
 	e.checkExactlyOnce(ctx, total)
 	e.checkOrder(ctx)
+}
+
+// A write of one message and a write of several take the same lock on a
+// key: whichever comes second waits for the first's transaction, so
+// same-key messages commit in the order of their seq numbers, as the
+// polling relay needs. The second's wait is read from pg_locks.
+func TestOneAndManyWritesLockTheKey(t *testing.T) {
+	t.Parallel()
+	e := setup(t)
+	ctx := context.Background()
+	msg := func(key string) outbox.Message {
+		return outbox.Message{Topic: e.topic, Key: key, Payload: []byte(`{}`), Type: "test.effect", SchemaVersion: 1}
+	}
+	one := []outbox.Message{msg("k")}
+	many := []outbox.Message{msg("a"), msg("k"), msg("z")}
+	for _, tc := range []struct {
+		name          string
+		first, second []outbox.Message
+	}{
+		{"one then many", one, many},
+		{"many then one", many, one},
+		{"one then one", one, one},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			first, err := e.db.Pool.Begin(ctx)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer first.Rollback(ctx) //nolint:errcheck
+			if err := e.ob.Write(ctx, first, slices.Clone(tc.first)...); err != nil {
+				t.Fatalf("first write: %v", err)
+			}
+			second := make(chan error, 1)
+			go func() {
+				tx, err := e.db.Pool.Begin(ctx)
+				if err != nil {
+					second <- err
+					return
+				}
+				defer tx.Rollback(ctx) //nolint:errcheck
+				if err := e.ob.Write(ctx, tx, slices.Clone(tc.second)...); err != nil {
+					second <- err
+					return
+				}
+				second <- tx.Commit(ctx)
+			}()
+			waitFor(t, "the second write to wait for the key's lock", func() bool {
+				var waiting bool
+				err := e.db.Pool.QueryRow(ctx, `SELECT EXISTS (SELECT FROM pg_locks WHERE locktype = 'advisory' AND NOT granted AND database = (SELECT oid FROM pg_database WHERE datname = current_database()))`).Scan(&waiting)
+				return err == nil && waiting
+			})
+			select {
+			case err := <-second:
+				t.Fatalf("the second write ended (%v) while the first held the key", err)
+			default:
+			}
+			if err := first.Commit(ctx); err != nil {
+				t.Fatal(err)
+			}
+			if err := <-second; err != nil {
+				t.Fatalf("second write: %v", err)
+			}
+		})
+	}
 }
