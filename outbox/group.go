@@ -348,18 +348,26 @@ func (in *Inbox) claim(ctx context.Context, jobs []*job, pre *pgx.Batch) (*claim
 	}
 	slices.SortFunc(ids, func(a, b uuid.UUID) int { return slices.Compare(a[:], b[:]) })
 	dups := make(map[uuid.UUID]int, len(ids))
-	var xid uint32
+	var (
+		xid uint32
+		id  uuid.UUID
+		n   int
+	)
+	// One message (most batches at low load) is claimed with the one-row
+	// statement: without the array and its unnest, PostgreSQL executes it
+	// in about half the time.
+	sql, arg, scan := in.q.inboxClaimMany, any(ids), []any{&id, &n, &xid}
+	if len(ids) == 1 {
+		id = ids[0]
+		sql, arg, scan = in.q.inboxClaim, ids[0], []any{&n, &xid}
+	}
 	tx, err := beginClaim(ctx, in.pool, func(rows pgx.Rows) error {
-		var (
-			id uuid.UUID
-			n  int
-		)
-		_, err := pgx.ForEachRow(rows, []any{&id, &n, &xid}, func() error {
+		_, err := pgx.ForEachRow(rows, scan, func() error {
 			dups[id] = n
 			return nil
 		})
 		return err
-	}, pre, in.q.inboxClaimMany, in.consumer, ids)
+	}, pre, sql, in.consumer, arg)
 	if err != nil {
 		return nil, nil, fmt.Errorf("claim %d messages in %s inbox: %w", len(ids), in.q.schema, err)
 	}
