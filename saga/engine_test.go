@@ -590,9 +590,47 @@ func TestDefinitionValidation(t *testing.T) {
 
 // HandleReplies moves many sagas in one transaction as HandleReply moves
 // each: two replies of one saga in a batch apply in turn, a stale one
-// changes nothing.
+// changes nothing. So does the orchestrator's batch handler, whose Prelude
+// locks the sagas in the round trip of the inbox's claim.
 func TestHandleRepliesBatch(t *testing.T) {
 	t.Parallel()
+	for _, tc := range []struct {
+		name  string
+		apply func(ctx context.Context, e *env, tx pgx.Tx, ids []uuid.UUID, replies []saga.Reply) error
+	}{
+		{"HandleReplies", func(ctx context.Context, e *env, tx pgx.Tx, ids []uuid.UUID, replies []saga.Reply) error {
+			return e.engine.HandleReplies(ctx, tx, ids, replies)
+		}},
+		{"Batch with its Prelude", func(ctx context.Context, e *env, tx pgx.Tx, ids []uuid.UUID, replies []saga.Reply) error {
+			b := e.engine.Batch()
+			items := make([]any, len(replies))
+			for i, r := range replies {
+				payload, _ := json.Marshal(r)
+				msg := message.NewMessage(ids[i].String(), payload)
+				msg.Metadata.Set(outbox.HeaderType, saga.ReplyType)
+				msg.Metadata.Set(outbox.HeaderSchemaVersion, "1")
+				item, ok := b.Take(msg)
+				if !ok {
+					return fmt.Errorf("the batch handler did not take reply %d", i)
+				}
+				items[i] = item
+			}
+			var pb pgx.Batch
+			b.(outbox.BatchPrelude).Prelude(&pb, items)
+			if err := tx.SendBatch(ctx, &pb).Close(); err != nil {
+				return fmt.Errorf("prelude: %w", err)
+			}
+			return b.HandleBatch(ctx, tx, items)
+		}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			testHandleRepliesBatch(t, tc.apply)
+		})
+	}
+}
+
+func testHandleRepliesBatch(t *testing.T, apply func(ctx context.Context, e *env, tx pgx.Tx, ids []uuid.UUID, replies []saga.Reply) error) {
 	e := setup(t, threeSteps(time.Minute, 3, 3, false))
 	ok, refused, twice, stale := e.start(), e.start(), e.start(), e.start()
 	batch := []saga.Reply{
@@ -612,7 +650,7 @@ func TestHandleRepliesBatch(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer tx.Rollback(ctx) //nolint:errcheck // a no-op after Commit
-	if err := e.engine.HandleReplies(ctx, tx, ids, batch); err != nil {
+	if err := apply(ctx, e, tx, ids, batch); err != nil {
 		t.Fatal(err)
 	}
 	if err := tx.Commit(ctx); err != nil {
@@ -643,14 +681,17 @@ func TestHandleRepliesBatch(t *testing.T) {
 	if got := e.events(stale); !slices.Contains(got, "a/action/2 "+saga.EventStaleReply) {
 		t.Errorf("stale reply not in the history: %v", got)
 	}
-	// An unknown saga fails the whole batch (its replies then go one by one).
+	// An unknown saga beside a known one fails the whole batch (its
+	// replies then go one by one).
 	tx2, err := e.db.Pool.Begin(ctx)
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer tx2.Rollback(ctx) //nolint:errcheck // rolled back on purpose
-	err = e.engine.HandleReplies(ctx, tx2, []uuid.UUID{uuid.Must(uuid.NewV7())},
-		[]saga.Reply{{SagaID: uuid.Must(uuid.NewV7()), Step: "a", Kind: saga.KindAction, Attempt: 1, Outcome: saga.Succeeded}})
+	err = apply(ctx, e, tx2, []uuid.UUID{uuid.Must(uuid.NewV7()), uuid.Must(uuid.NewV7())}, []saga.Reply{
+		{SagaID: ok, Step: "b", Kind: saga.KindAction, Attempt: 1, Outcome: saga.Succeeded},
+		{SagaID: uuid.Must(uuid.NewV7()), Step: "a", Kind: saga.KindAction, Attempt: 1, Outcome: saga.Succeeded},
+	})
 	if err == nil {
 		t.Fatal("a reply for an unknown saga was applied")
 	}

@@ -134,10 +134,10 @@ type idReply struct {
 	r  Reply
 	// ctx is the message's: its consumer span, while tracing is on.
 	ctx context.Context
-	// locked is set once Prelude's statement locked and read the sagas;
-	// in is the reply's saga (nil: unknown).
-	locked bool
-	in     *Instance
+	// sagas, once Prelude queued their locks, holds the sagas of the batch
+	// read by them (HandleBatch runs only if they all ran; a saga not in
+	// it is unknown).
+	sagas map[uuid.UUID]*Instance
 }
 
 var _ outbox.BatchPrelude = replyBatch{}
@@ -150,22 +150,11 @@ func (replyBatch) Prelude(b *pgx.Batch, items []any) {
 	for i, it := range items {
 		ids[i] = it.(*idReply).r.SagaID
 	}
-	sql, arg := lockInstances(sortedIDs(ids))
-	b.Queue(sql, arg).Query(func(rows pgx.Rows) error {
-		sagas, err := scanInstances(rows)
-		if err != nil {
-			return fmt.Errorf("lock %d sagas: %w", len(ids), err)
-		}
-		byID := make(map[uuid.UUID]*Instance, len(sagas))
-		for _, in := range sagas {
-			byID[in.ID] = in
-		}
-		for _, it := range items {
-			ir := it.(*idReply)
-			ir.locked, ir.in = true, byID[ir.r.SagaID]
-		}
-		return nil
-	})
+	sagas := make(map[uuid.UUID]*Instance, len(ids))
+	queueLocks(b, sortedIDs(ids), sagas)
+	for _, it := range items {
+		it.(*idReply).sagas = sagas
+	}
 }
 
 // HandleBatch applies replies together.
@@ -173,31 +162,34 @@ func (rb replyBatch) HandleBatch(ctx context.Context, tx pgx.Tx, items []any) er
 	replies := make([]Reply, len(items))
 	ids := make([]uuid.UUID, len(items))
 	traces := make([]context.Context, len(items))
-	var locked map[uuid.UUID]*Instance
-	if items[0].(*idReply).locked {
-		locked = make(map[uuid.UUID]*Instance, len(items))
-	}
 	for i, it := range items {
 		ir := it.(*idReply)
 		ids[i], replies[i], traces[i] = ir.id, ir.r, ir.ctx
-		if locked != nil && ir.in != nil {
-			locked[ir.r.SagaID] = ir.in
-		}
 	}
-	return rb.e.handleReplies(ctx, tx, ids, replies, traces, locked)
+	return rb.e.handleReplies(ctx, tx, ids, replies, traces, items[0].(*idReply).sagas)
 }
 
-// lockInstances is the statement and argument that lock and read the
-// sagas ids (sorted, distinct). One saga, the usual case at low load, is
-// locked by its key: PostgreSQL keeps that statement's generic plan, where
-// it plans "id = ANY($1)" afresh at every call (its generic plan expects ten
-// ids, so a custom plan always looks cheaper), which cost about 0.1 ms a
-// call, measured with pg_stat_statements.track_planning.
-func lockInstances(ids []uuid.UUID) (string, any) {
-	if len(ids) == 1 {
-		return sqlLockInstance, ids[0]
+// queueLocks queues on b the lock and read of each saga of ids (sorted,
+// distinct), one statement a saga, in id order (so two transactions cannot
+// deadlock); each saga read goes into into. One statement a saga instead
+// of one "id = ANY($1)" for all: PostgreSQL keeps the single-key
+// statement's generic plan, where it plans "id = ANY($1)" afresh at every
+// call (its generic plan expects ten ids, so a custom plan always looks
+// cheaper), and in pg_stat_statements under load the ANY form took 0.56 ms
+// a call against 0.03 ms for each single key.
+func queueLocks(b *pgx.Batch, ids []uuid.UUID, into map[uuid.UUID]*Instance) {
+	for _, id := range ids {
+		b.Queue(sqlLockInstance, id).Query(func(rows pgx.Rows) error {
+			sagas, err := scanInstances(rows)
+			if err != nil {
+				return fmt.Errorf("lock saga %s: %w", id, err)
+			}
+			for _, in := range sagas {
+				into[in.ID] = in
+			}
+			return nil
+		})
 	}
-	return sqlLockInstances, ids
 }
 
 // sortedIDs sorts ids and drops repeats: the order in which sagas are
@@ -210,7 +202,7 @@ func sortedIDs(ids []uuid.UUID) []uuid.UUID {
 
 // HandleReplies is HandleReply for many decoded replies (msgIDs[i] is the
 // id of the message that carried replies[i]) in one transaction: it locks
-// their sagas in one statement (in id order) and moves each in turn,
+// their sagas in one round trip (in id order) and moves each in turn,
 // sending every write in one round trip. Any error is the batch's: the
 // caller handles the replies one by one instead.
 func (e *Engine) HandleReplies(ctx context.Context, tx pgx.Tx, msgIDs []uuid.UUID, replies []Reply) error {
@@ -227,18 +219,11 @@ func (e *Engine) handleReplies(ctx context.Context, tx pgx.Tx, msgIDs []uuid.UUI
 			ids = append(ids, r.SagaID)
 		}
 		ids = sortedIDs(ids)
-		sql, arg := lockInstances(ids)
-		rows, err := tx.Query(ctx, sql, arg)
-		if err != nil {
+		locked = make(map[uuid.UUID]*Instance, len(ids))
+		var b pgx.Batch
+		queueLocks(&b, ids, locked)
+		if err := tx.SendBatch(ctx, &b).Close(); err != nil {
 			return fmt.Errorf("lock %d sagas: %w", len(ids), err)
-		}
-		sagas, err := scanInstances(rows)
-		if err != nil {
-			return fmt.Errorf("lock %d sagas: %w", len(ids), err)
-		}
-		locked = make(map[uuid.UUID]*Instance, len(sagas))
-		for _, in := range sagas {
-			locked[in.ID] = in
 		}
 	}
 	var w writes

@@ -9,15 +9,11 @@ const (
 	sqlInsertInstance = `INSERT INTO saga.instances (id, type, state, step, attempt, data, step_deadline, deadline, trace_parent)
 VALUES ($1, $2, 'running', 0, 1, $3, now() + $4::bigint * interval '1 microsecond', now() + $5::bigint * interval '1 microsecond', $6)`
 
+	// sqlLockInstance locks and reads the saga $1. A transaction that
+	// locks several locks them one by one, in id order (queueLocks).
 	sqlLockInstance = `SELECT id, type, state, step, attempt, completed, data, COALESCE(reason, ''), step_deadline, deadline, version,
 	created_at, updated_at, ended_at
 FROM saga.instances WHERE id = $1 FOR UPDATE`
-
-	// sqlLockInstances locks the sagas $1 in id order (so two batches
-	// cannot deadlock).
-	sqlLockInstances = `SELECT id, type, state, step, attempt, completed, data, COALESCE(reason, ''), step_deadline, deadline, version,
-	created_at, updated_at, ended_at
-FROM saga.instances WHERE id = ANY($1) ORDER BY id FOR UPDATE`
 
 	// sqlUpdateInstance sets the step deadline to now() plus $7
 	// microseconds, or none when $7 is NULL.
