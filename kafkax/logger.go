@@ -9,8 +9,8 @@ import (
 
 // Logger is the watermill logger of Sagaflow's routers, subscribers and
 // publishers: watermill's Info lines go to log at Debug (they narrate
-// every subscription and handler start), and a level log does not enable
-// costs nothing. watermill's own slog adapter turns each line's fields into
+// every subscription and handler start), and a line at a level log does not
+// enable costs nothing. watermill's own slog adapter turns each line's fields into
 // slog arguments before slog looks at the level, and its routers and
 // subscribers write trace lines for every message: about 2% of the CPU of
 // an in-process stack (sagaflow bench --cpuprofile).

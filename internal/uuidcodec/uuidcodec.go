@@ -1,8 +1,8 @@
-// Package uuidcodec makes pgx send github.com/google/uuid values (and
-// pointers to them) as binary uuids. Without it pgx goes through the type's driver.Valuer: it formats
-// every uuid as text and PostgreSQL parses it back, which cost about 8% of
-// the engine's CPU under load (uuid arrays are formatted element by
-// element).
+// Package uuidcodec makes pgx send github.com/google/uuid values, and
+// pointers to them, as binary uuids. Without it pgx goes through the type's
+// driver.Valuer: it formats every uuid as text and PostgreSQL parses it
+// back, which cost about 8% of the engine's CPU under load (uuid arrays are
+// formatted element by element).
 package uuidcodec
 
 import (
@@ -39,9 +39,9 @@ func register(m *pgtype.Map) {
 }
 
 // tryWrapUUID hands a uuid.UUID, or a *uuid.UUID (nil is NULL), on as the
-// [16]byte pgx encodes natively.
-// A pointer would otherwise go through its driver.Valuer: formatted as
-// text, refused by the binary encoder, parsed back and encoded again.
+// [16]byte pgx encodes natively. A pointer would otherwise go through its
+// driver.Valuer: formatted as text, refused by the binary encoder, parsed
+// back and encoded again.
 func tryWrapUUID(value any) (pgtype.WrappedEncodePlanNextSetter, any, bool) {
 	switch u := value.(type) {
 	case uuid.UUID:
