@@ -62,7 +62,7 @@ func startWatcher(ctx context.Context, kcfg kafkax.Config, topic string, on func
 		if err := ctx.Err(); err != nil {
 			return nil, err
 		}
-		newest, err := client.GetOffset(topic, p, sarama.OffsetNewest)
+		newest, err := kafkax.OffsetWithRetry(ctx, client, topic, p, sarama.OffsetNewest)
 		if err != nil {
 			return nil, fmt.Errorf("newest offset of %s/%d: %w", topic, p, err)
 		}

@@ -93,9 +93,9 @@ func (c Config) ResetGroup(ctx context.Context, group string, topics []string, t
 			p := &out[i]
 			switch {
 			case target.Earliest:
-				p.Target, err = offsetWithRetry(ctx, client, p.Topic, p.Partition, sarama.OffsetOldest)
+				p.Target, err = OffsetWithRetry(ctx, client, p.Topic, p.Partition, sarama.OffsetOldest)
 			case !target.Time.IsZero():
-				p.Target, err = offsetWithRetry(ctx, client, p.Topic, p.Partition, target.Time.UnixMilli())
+				p.Target, err = OffsetWithRetry(ctx, client, p.Topic, p.Partition, target.Time.UnixMilli())
 				if err == nil && p.Target < 0 { // nothing at or after the time
 					p.Target = p.End
 				}
@@ -196,12 +196,12 @@ func positions(ctx context.Context, client sarama.Client, admin sarama.ClusterAd
 					pos.Committed = b.Offset
 				}
 			}
-			if pos.End, err = offsetWithRetry(ctx, client, t, p, sarama.OffsetNewest); err != nil {
+			if pos.End, err = OffsetWithRetry(ctx, client, t, p, sarama.OffsetNewest); err != nil {
 				return nil, fmt.Errorf("end offset of %s/%d: %w", t, p, err)
 			}
 			from := pos.Committed
 			if from < 0 {
-				if from, err = offsetWithRetry(ctx, client, t, p, sarama.OffsetOldest); err != nil {
+				if from, err = OffsetWithRetry(ctx, client, t, p, sarama.OffsetOldest); err != nil {
 					return nil, fmt.Errorf("start offset of %s/%d: %w", t, p, err)
 				}
 			}

@@ -393,11 +393,11 @@ func (c Config) CountMessages(ctx context.Context, topics ...string) (map[string
 		}
 		var n int64
 		for _, p := range parts {
-			newest, err := offsetWithRetry(ctx, client, t, p, sarama.OffsetNewest)
+			newest, err := OffsetWithRetry(ctx, client, t, p, sarama.OffsetNewest)
 			if err != nil {
 				return nil, fmt.Errorf("newest offset of %s/%d: %w", t, p, err)
 			}
-			oldest, err := offsetWithRetry(ctx, client, t, p, sarama.OffsetOldest)
+			oldest, err := OffsetWithRetry(ctx, client, t, p, sarama.OffsetOldest)
 			if err != nil {
 				return nil, fmt.Errorf("oldest offset of %s/%d: %w", t, p, err)
 			}
@@ -440,10 +440,13 @@ func (t Topics) DeadLetterTopics() []string {
 	return out
 }
 
-// offsetWithRetry asks for an offset, refreshing metadata and retrying while
-// the cluster moves a partition's leadership (a new topic, a broker that
-// restarted): for about ten seconds.
-func offsetWithRetry(ctx context.Context, client sarama.Client, topic string, partition int32, which int64) (int64, error) {
+// OffsetWithRetry asks client for a partition's offset (which: a time in
+// milliseconds, sarama.OffsetNewest or sarama.OffsetOldest), refreshing
+// metadata and retrying while the cluster moves the partition's leadership
+// (a new topic, a broker that restarted): for about ten seconds. sarama's
+// GetOffset alone refreshes and asks once more, which a leader move on the
+// real broker can outlast.
+func OffsetWithRetry(ctx context.Context, client sarama.Client, topic string, partition int32, which int64) (int64, error) {
 	var err error
 	for range 20 {
 		var off int64
